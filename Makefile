@@ -1,0 +1,112 @@
+# softmoe — build, test, train, bench.
+#   make            build build/softmoe (installs missing Debian packages first)
+#   make test       every test a contributor must keep green
+#   make train      default run (configs/fmnist_softmoe.ini); CONFIG=name ARGS="k=v ..."
+#   make bench      throughput, GFLOP/s and MFU against this machine's sgemm peak
+#   make deps       apt-get the Debian packages (scripts/install-deps.sh)
+# Switches: NO_MPI=1 (MPI is optional), DEBUG=1 (-O0 -g, sanitizers).
+
+CC      ?= gcc
+BUILD   := build
+CONFIG  ?= fmnist_softmoe
+ARGS    ?=
+
+ifeq ($(DEBUG),1)
+  OPT := -O0 -g -fsanitize=address,undefined
+else
+  OPT := -O3 -march=native -g
+endif
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fopenmp
+LDFLAGS += -fopenmp $(if $(filter 1,$(DEBUG)),-fsanitize=address$(comma)undefined)
+LDLIBS  += -lm
+comma := ,
+
+# A fresh machine: install the Debian packages before probing (not for clean/deps).
+ifneq ($(filter-out clean deps,$(or $(MAKECMDGOALS),all)),)
+  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive && command -v mpicc >/dev/null && echo ok),ok)
+    $(info softmoe: Debian packages missing, running scripts/install-deps.sh)
+    $(shell sh scripts/install-deps.sh >&2)
+  endif
+endif
+
+# Probe the libraries with pkg-config; say what was found.
+have = $(shell pkg-config --exists $(1) 2>/dev/null && echo 1)
+BLAS_PC := $(firstword $(foreach p,openblas blas,$(if $(call have,$(p)),$(p))))
+HDF5_PC := $(if $(call have,hdf5-serial),hdf5-serial)
+PKGS    := $(BLAS_PC) $(if $(call have,inih),inih) $(HDF5_PC) \
+           $(if $(call have,libpng),libpng) $(if $(call have,libjpeg),libjpeg) \
+           $(if $(call have,libarchive),libarchive)
+
+ifeq ($(NO_MPI),1)
+  MPICC :=
+else
+  MPICC := $(shell command -v mpicc 2>/dev/null)
+endif
+
+ifneq ($(strip $(PKGS)),)
+  CFLAGS += $(shell pkg-config --cflags $(PKGS))
+  LDLIBS += $(shell pkg-config --libs $(PKGS))
+endif
+ifneq ($(MPICC),)
+  CFLAGS += -DSM_MPI $(shell mpicc --showme:compile 2>/dev/null)
+  LDLIBS += $(shell mpicc --showme:link 2>/dev/null)
+endif
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+
+SRC   := $(shell find src -name '*.c' ! -name main.c | sort)
+OBJ   := $(SRC:%.c=$(BUILD)/%.o)
+LIB   := $(BUILD)/libsoftmoe.a
+BIN   := $(BUILD)/softmoe
+TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+
+.PHONY: all deps found test train bench clean
+all: found $(BIN)
+
+found:
+	@printf '%s\n' \
+	  "$(if $(BLAS_PC),✓ OpenBLAS ($(BLAS_PC)),✗ OpenBLAS)" \
+	  "$(if $(call have,inih),✓ libinih,✗ libinih)" \
+	  "$(if $(HDF5_PC),✓ HDF5 ($(HDF5_PC)),✗ HDF5)" \
+	  "$(if $(call have,libpng),✓ libpng,✗ libpng)" \
+	  "$(if $(call have,libjpeg),✓ libjpeg-turbo,✗ libjpeg-turbo)" \
+	  "$(if $(call have,libarchive),✓ libarchive,✗ libarchive)" \
+	  "$(if $(call have,check),✓ Check (tests),✗ Check (tests))" \
+	  "✓ OpenMP ($(CC) -fopenmp)" \
+	  "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI$(if $(filter 1,$(NO_MPI)), (NO_MPI=1),))"
+
+deps:
+	@sh scripts/install-deps.sh
+
+$(BUILD)/%.o: %.c $(shell find src -name '*.h')
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(BUILD)/src/main.o $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Isrc $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS) $(CHECK_LIBS)
+
+# Tests run one executable per module; BLAS is kept to one thread per process
+# so the run is repeatable and fits on 2 cores.
+test: found $(BIN) $(TESTS)
+	@fail=0; for t in $(TESTS); do \
+	  echo "== $$t"; OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=2 CK_DEFAULT_TIMEOUT=600 $$t || fail=1; done; \
+	  for s in tests/test_*.sh; do echo "== $$s"; sh $$s $(BIN) || fail=1; done; \
+	  if [ $$fail = 0 ]; then echo "all tests passed"; else echo "SOME TESTS FAILED"; exit 1; fi
+
+train: found $(BIN)
+	$(BIN) train configs/$(CONFIG).ini $(ARGS)
+
+bench: found $(BIN)
+	$(BIN) bench configs/vit_s16.ini train.batch_size=8 $(ARGS)
+	$(BIN) bench configs/fmnist_softmoe.ini $(ARGS)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,75 @@
+// Fatal errors, checked allocation and I/O, clocks.
+#include "common.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+void sm_die_at(const char *file, int line, const char *fmt, ...) {
+    fflush(stdout);
+    fprintf(stderr, "softmoe: error: ");
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n  (at %s:%d)\n", file, line);
+    exit(1);
+}
+
+void *sm_malloc_at(size_t n, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) sm_die_at(file, line, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *sm_calloc_at(size_t n, size_t size, const char *file, int line) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) sm_die_at(file, line, "out of memory allocating %zu x %zu bytes", n, size);
+    return p;
+}
+
+void *sm_aligned_at(size_t n, const char *file, int line) {
+    void *p = NULL;
+    size_t rounded = (n + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, rounded ? rounded : 64) != 0)
+        sm_die_at(file, line, "out of memory allocating %zu bytes (aligned)", n);
+    return p;
+}
+
+FILE *sm_fopen_at(const char *path, const char *mode, const char *file, int line) {
+    FILE *f = fopen(path, mode);
+    if (!f) sm_die_at(file, line, "cannot open '%s' (mode %s): %s", path, mode, strerror(errno));
+    return f;
+}
+
+void sm_fwrite_at(const void *p, size_t size, size_t n, FILE *f, const char *path,
+                  const char *file, int line) {
+    if (fwrite(p, size, n, f) != n)
+        sm_die_at(file, line, "write to '%s' failed: %s", path, strerror(errno));
+}
+
+void sm_fread_at(void *p, size_t size, size_t n, FILE *f, const char *path,
+                 const char *file, int line) {
+    if (fread(p, size, n, f) != n)
+        sm_die_at(file, line, "read from '%s' failed (%s)", path,
+                  feof(f) ? "unexpected end of file" : strerror(errno));
+}
+
+void sm_fclose_at(FILE *f, const char *path, const char *file, int line) {
+    if (fclose(f) != 0)
+        sm_die_at(file, line, "closing '%s' failed: %s", path, strerror(errno));
+}
+
+double sm_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+size_t sm_peak_rss(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (size_t)ru.ru_maxrss * 1024;  // Linux reports KiB
+}

@@ -1,0 +1,40 @@
+// Project-wide helpers: fatal errors with file:line, checked allocation and
+// I/O. Every libc call whose failure we cannot recover from goes through
+// these so the user always learns what failed and where.
+#pragma once
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+// Prints "softmoe: error: <msg>" plus the source location and exits 1.
+void sm_die_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+#define sm_die(...) sm_die_at(__FILE__, __LINE__, __VA_ARGS__)
+
+// Assertions that stay on in release builds (ggml's habit).
+#define SM_CHECK(cond, ...) \
+    do { if (!(cond)) sm_die_at(__FILE__, __LINE__, __VA_ARGS__); } while (0)
+
+void *sm_malloc_at(size_t n, const char *file, int line);
+void *sm_calloc_at(size_t n, size_t size, const char *file, int line);
+// 64-byte aligned, for the big parameter / activation blocks.
+void *sm_aligned_at(size_t n, const char *file, int line);
+#define sm_malloc(n) sm_malloc_at((n), __FILE__, __LINE__)
+#define sm_calloc(n, s) sm_calloc_at((n), (s), __FILE__, __LINE__)
+#define sm_aligned(n) sm_aligned_at((n), __FILE__, __LINE__)
+
+FILE *sm_fopen_at(const char *path, const char *mode, const char *file, int line);
+void sm_fwrite_at(const void *p, size_t size, size_t n, FILE *f, const char *path,
+                  const char *file, int line);
+void sm_fread_at(void *p, size_t size, size_t n, FILE *f, const char *path,
+                 const char *file, int line);
+void sm_fclose_at(FILE *f, const char *path, const char *file, int line);
+#define sm_fopen(p, m) sm_fopen_at((p), (m), __FILE__, __LINE__)
+#define sm_fwrite(ptr, s, n, f, path) sm_fwrite_at((ptr), (s), (n), (f), (path), __FILE__, __LINE__)
+#define sm_fread(ptr, s, n, f, path) sm_fread_at((ptr), (s), (n), (f), (path), __FILE__, __LINE__)
+#define sm_fclose(f, path) sm_fclose_at((f), (path), __FILE__, __LINE__)
+
+// Wall-clock seconds (monotonic).
+double sm_now(void);
+// Peak resident set size of this process in bytes (from getrusage).
+size_t sm_peak_rss(void);

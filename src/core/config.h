@@ -1,0 +1,104 @@
+// The run configuration: every key of DESIGN.md's config files, typed, with
+// defaults. Parsed from INI files with libinih (config.c), `include = base.ini`
+// pulls a base file first, `section.key=value` overrides come last. Unknown
+// sections/keys and unparsable values stop the program naming file:line:key.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#define CFG_STR 256   // short strings (names, patterns, pp chains)
+#define CFG_PATH 1024 // paths and shard lists
+
+typedef struct {
+    // [model]
+    char variant[CFG_STR];  // "" or Ti|S|B|L|H with optional "/patch", e.g. "S/16"
+    int width;              // D
+    int depth;              // L
+    int heads;              // H
+    int mlp_dim;            // M
+    int patch;              // patch size (pixels)
+    int image_size;         // square input resolution
+    int channels;           // C
+    int classes;            // K
+    char pool[CFG_STR];     // gap | tok | map
+    char posemb[CFG_STR];   // learn | sincos2d
+    int qk_norm;            // bool
+    char loss[CFG_STR];     // softmax_xent | sigmoid_xent
+
+    // [moe]
+    int experts;              // E (0 = dense)
+    int slots;                // P (0 when "auto")
+    double capacity_factor;   // used when slots = auto
+    char layers[CFG_STR];     // last_half | last:K | every:K | list "6,7,8"
+    int shared_init;          // bool
+    char router[CFG_STR];     // soft | tokens_choice | experts_choice
+
+    // [data]
+    char source[CFG_STR];        // synthetic | shards | folder
+    char train[CFG_PATH];
+    char val[CFG_PATH];
+    char pp_train[CFG_STR];
+    char pp_eval[CFG_STR];
+    int threads;
+    int shuffle_buffer;
+    int synthetic_size;          // images in the synthetic train split
+
+    // [optim]
+    double lr, b1, b2, eps;
+    double clip;                 // 0 = off
+    char wd[CFG_PATH];           // "pattern:value, pattern:value"
+
+    // [schedule]
+    long warmup_steps;
+    char decay[CFG_STR];         // rsqrt | cosine | linear | constant
+    double timescale;            // rsqrt timescale (steps)
+    long cooldown_steps;
+
+    // [train]
+    int batch_size;              // global
+    long steps;
+    uint64_t seed;
+    char workdir[CFG_PATH];
+    int log_every;
+    int ckpt_every;
+    int keep_ckpts;
+    int keep_every;
+    char init[CFG_PATH];
+    char resume[CFG_STR];        // latest | latest_valid | none
+
+    // [eval]
+    int eval_every;
+    int eval_batch_size;
+
+    // [fewshot]
+    int fewshot_every;
+    char fewshot_shots[CFG_STR]; // "1,5,10,25"
+    int fewshot_seeds;
+    double fewshot_l2;
+
+    // [dist]
+    int expert_parallel;         // 0 = all ranks
+} Config;
+
+// Fills every field with its default (the defaults describe a small dense ViT
+// trained on synthetic data).
+void config_defaults(Config *c);
+
+// Loads `path` (following includes), then applies `noverrides` strings of the
+// form "section.key=value". On any error writes a message naming file:line and
+// key into err (size errlen) and returns -1; returns 0 on success. Also
+// resolves model.variant into width/depth/heads/mlp_dim/patch and validates
+// cross-key constraints (e.g. width divisible by heads, image_size by patch).
+int config_load(Config *c, const char *path, int noverrides, char **overrides,
+                char *err, size_t errlen);
+
+// Applies a single "section.key=value"; origin names where it came from in
+// error messages (e.g. "command line"). Returns 0 or -1 with err filled.
+int config_set(Config *c, const char *section, const char *key, const char *value,
+               const char *origin, int line, char *err, size_t errlen);
+
+// Writes the resolved config as INI text (every key, one section each) into
+// buf; returns the length it needs (like snprintf).
+size_t config_to_ini(const Config *c, char *buf, size_t buflen);
+// Writes it to a file; returns 0 or -1 with errno set.
+int config_write(const Config *c, const char *path);
