@@ -1,0 +1,63 @@
+// The kernels the ViT is built from, each forward beside its backward.
+// Letters (DESIGN.md): B images, N tokens, D width, H heads, Dh = D/H,
+// M mlp width, K classes, R = rows of a flattened (B*N, ...) activation.
+// Signatures follow llm.c: outputs, saved-for-backward, inputs, weights, sizes.
+// Rule: every backward ACCUMULATES (+=) into all of its gradient outputs,
+// parameter and activation alike; callers zero what they reuse. A NULL
+// gradient pointer means "not needed" and skips that work.
+#pragma once
+#include <stddef.h>
+
+// out (R,Dout) = inp (R,Din) @ w (Din,Dout) + b (Dout); if accumulate, out += instead.
+void dense_forward(float *out, const float *inp, const float *w, const float *b,
+                   int R, int Din, int Dout, int accumulate);
+// dinp (R,Din) += dout @ w^T; dw (Din,Dout) += inp^T @ dout; db (Dout) += sum_r dout.
+void dense_backward(float *dinp, float *dw, float *db, const float *dout,
+                    const float *inp, const float *w, int R, int Din, int Dout);
+
+// out (R,C) = (inp - mean) * rstd * w + b, eps 1e-6; b may be NULL (scale only).
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *w, const float *b, int R, int C);
+void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                        const float *inp, const float *w, const float *mean,
+                        const float *rstd, int R, int C);
+
+// tanh-approximate GELU, element-wise over n values.
+void gelu_forward(float *out, const float *inp, size_t n);
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+
+// Multi-head scaled dot-product attention. q (B,Nq,H*Dh), k and v (B,Nk,H*Dh),
+// att (B,H,Nq,Nk) saved probabilities, out (B,Nq,H*Dh).
+void attention_forward(float *out, float *att, const float *q, const float *k,
+                       const float *v, int B, int Nq, int Nk, int H, int Dh);
+// scratch (B,H,Nq,Nk) is overwritten.
+void attention_backward(float *dq, float *dk, float *dv, float *scratch,
+                        const float *dout, const float *att, const float *q,
+                        const float *k, const float *v, int B, int Nq, int Nk,
+                        int H, int Dh);
+
+// Patch embedding as im2col + one GEMM. img (B,S,S,C) NHWC; patches (B,G*G,P*P*C)
+// saved, flattened in (row, col, channel) order; w (P,P,C,D); out (B,G*G,D).
+void patch_forward(float *out, float *patches, const float *img, const float *w,
+                   const float *b, int B, int S, int C, int P, int D);
+// dimg (B,S,S,C) may be NULL (the images need no gradient in training).
+void patch_backward(float *dimg, float *dw, float *db, const float *dout,
+                    const float *patches, const float *w, int B, int S, int C,
+                    int P, int D);
+// big_vision's posemb_sincos_2d on a G x G grid: out (G*G, D), D % 4 == 0.
+void posemb_sincos2d(float *out, int G, int D);
+
+// Pooling: out (B,D) from x (B,N,D). gap = mean over tokens, tok = token 0.
+void gap_forward(float *out, const float *x, int B, int N, int D);
+void gap_backward(float *dx, const float *dout, int B, int N, int D);
+void tok_forward(float *out, const float *x, int B, int N, int D);
+void tok_backward(float *dx, const float *dout, int B, int N, int D);
+
+// Losses over logits (B,K) and float targets (B,K) (one-hot or multi-hot).
+enum { LOSS_SOFTMAX_XENT = 0, LOSS_SIGMOID_XENT = 1 };
+// Returns the mean over the batch; per-image losses into losses (B) if not NULL.
+double loss_forward(float *losses, const float *logits, const float *targets,
+                    int B, int K, int kind);
+// dlogits (B,K) += d(mean loss)/d logits.
+void loss_backward(float *dlogits, const float *logits, const float *targets,
+                   int B, int K, int kind);

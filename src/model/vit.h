@@ -1,0 +1,106 @@
+// The Vision Transformer: its parameter table, weights, saved activations,
+// forward and backward. A Soft MoE block will slot in beside the dense MLP.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/config.h"
+#include "params.h"
+
+enum { POOL_GAP = 0, POOL_TOK = 1, POOL_MAP = 2 };
+
+typedef struct {
+    int S, C, P, G;   // image size, channels, patch, grid G = S/P
+    int Np, N;        // patches, tokens (Np + 1 with a cls token)
+    int D, H, Dh, M, L, K;
+    int pool, learn_pos, qk_norm, loss;
+} VitDims;
+
+// Pointers into the parameter (or gradient) block; NULL when absent.
+typedef struct {
+    float *ln0_s, *ln0_b;            // (D)
+    float *wq, *bq, *wk, *bk, *wv, *bv;  // kernels (D,H,Dh), biases (H,Dh)
+    float *qln_s, *kln_s;            // (Dh), qk_norm only
+    float *wo, *bo;                  // (H,Dh,D), (D)
+    float *ln1_s, *ln1_b;            // (D)
+    float *w1, *b1, *w2, *b2;        // (D,M) (M) (M,D) (D)
+} BlockW;
+
+typedef struct {
+    float *probe;                    // (1,1,D)
+    float *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
+    float *ln_s, *ln_b;
+    float *w1, *b1, *w2, *b2;
+} MapW;
+
+typedef struct {
+    float *emb_w, *emb_b;            // (P,P,C,D), (D)
+    float *cls;                      // (1,1,D), pool=tok
+    float *pos;                      // (1,N,D), posemb=learn
+    BlockW *blk;                     // L blocks
+    float *enc_s, *enc_b;            // (D)
+    MapW map;                        // pool=map
+    float *head_w, *head_b;          // (D,K), (K)
+} VitW;
+
+// Activations saved for backward, per block; all (B,N,.) unless noted.
+typedef struct {
+    float *x;                        // block input (residual stream)
+    float *ln0, *ln0_mean, *ln0_rstd;    // (B,N,D), (B,N), (B,N)
+    float *qr, *kr;                  // q, k before qk_norm
+    float *qm, *qs, *km, *ks;        // their LayerNorm stats (B,N,H)
+    float *q, *k, *v;                // what attention sees
+    float *att;                      // (B,H,N,N)
+    float *ao;                       // attention output before the projection
+    float *xm;                       // x + attention branch
+    float *ln1, *ln1_mean, *ln1_rstd;
+    float *h, *hg;                   // (B,N,M) before / after gelu
+} BlockActs;
+
+typedef struct {
+    float *qin, *q, *k, *v, *att, *ao, *a;   // (B,1,D) (B,1,D) (B,N,D) x2 (B,H,1,N) (B,1,D) (B,D)
+    float *ln, *ln_mean, *ln_rstd, *h, *hg;  // (B,D) (B) (B) (B,M) (B,M)
+} MapActs;
+
+typedef struct {
+    float *patches;                  // (B,Np,P*P*C)
+    float *emb;                      // (B,Np,D) patch embeddings
+    BlockActs *blk;
+    float *xL;                       // (B,N,D) encoder output before encoder_norm
+    float *enc, *enc_mean, *enc_rstd;
+    MapActs map;
+    float *pooled;                   // (B,D) pre-logits
+    float *logits;                   // (B,K)
+    // backward scratch
+    float *dx, *dln, *dq, *dk, *dv, *dqr, *dkr, *dao, *datt, *dh, *dhg;
+    float *dmap_small;               // (B,M + 6D) for the MAP head
+    float *dpooled, *dlogits;
+} VitActs;
+
+typedef struct {
+    VitDims d;
+    ParamTable pt;
+    int B;                           // batch the activations are sized for
+    float *params, *grads;           // one block each, pt.total floats
+    VitW w, g;
+    VitActs a;
+    float *act_block;                // the single activation allocation
+    size_t act_floats;
+    float *posemb_fixed;             // (Np,D) for sincos2d
+} Vit;
+
+// Derives dimensions and the parameter table from the config (no weights).
+void vit_build(Vit *m, const Config *c);
+// Allocates params, grads and activations for batches of up to B images.
+void vit_alloc(Vit *m, int B);
+void vit_free(Vit *m);
+// Draws the initial parameters (DESIGN.md init rules) from the seed.
+void vit_init(Vit *m, uint64_t seed);
+// images (B,S,S,C); targets (B,K) or NULL. Fills logits and pre-logits;
+// returns the mean loss (0 without targets).
+double vit_forward(Vit *m, const float *images, const float *targets, int B);
+// Accumulates d(mean loss)/d(params) into m->grads; call after vit_forward.
+void vit_backward(Vit *m, const float *images, const float *targets, int B);
+void vit_zero_grad(Vit *m);
+// Forward FLOPs per image (a multiply-add is 2 FLOPs).
+double vit_flops_per_image(const VitDims *d);

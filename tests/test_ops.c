@@ -1,0 +1,260 @@
+// Finite-difference checks of every kernel in src/model/layers.h. Each op's
+// scalar is L = <out, R> for a fixed random R, so dL/dout = R feeds backward.
+//
+// Tolerance: central differences in float32 with step h have truncation
+// error O(h^2 f''') and rounding error ~ 6e-8 * |L| / h. With inputs of
+// order 1, h = 1e-2 gives both near 1e-4 of the gradient scale; we accept
+// 1e-2 relative to the tensor's largest gradient entry, which a wrong
+// backward (a missing term, a transposed index) exceeds by orders of
+// magnitude — the broken-backward test below proves the check can fail.
+#include <string.h>
+
+#include "gradcheck.h"
+#include "model/layers.h"
+#include "testutil.h"
+
+#define TOL 1e-2
+#define H_STEP 1e-2f
+
+typedef struct {
+    int kind;        // which op
+    float *in[4];    // inputs / weights
+    float *out, *sv[4], *R;
+    int a, b, c, d, e;   // sizes
+} Ctx;
+
+// ---- dense ----
+static double dense_loss(void *p) {
+    Ctx *c = p;
+    dense_forward(c->out, c->in[0], c->in[1], c->in[2], c->a, c->b, c->c, 0);
+    return gc_dot(c->out, c->R, (size_t)c->a * c->c);
+}
+
+START_TEST(test_dense) {
+    int R = 5, I = 7, O = 3;
+    float x[35], w[21], b[3], out[15], Rm[15], dx[35] = {0}, dw[21] = {0}, db[3] = {0};
+    gc_fill(x, 35, 1, 1); gc_fill(w, 21, 1, 2); gc_fill(b, 3, 1, 3); gc_fill(Rm, 15, 1, 4);
+    Ctx c = {.in = {x, w, b}, .out = out, .R = Rm, .a = R, .b = I, .c = O};
+    dense_loss(&c);
+    dense_backward(dx, dw, db, Rm, x, w, R, I, O);
+    ck_assert_double_lt(gc_check(dense_loss, &c, x, dx, 35, H_STEP, 64, 1e-6), TOL);
+    ck_assert_double_lt(gc_check(dense_loss, &c, w, dw, 21, H_STEP, 64, 1e-6), TOL);
+    ck_assert_double_lt(gc_check(dense_loss, &c, b, db, 3, H_STEP, 64, 1e-6), TOL);
+    // accumulate mode adds onto what is there
+    float out2[15];
+    dense_loss(&c);  // out from the unperturbed inputs
+    for (int i = 0; i < 15; i++) out2[i] = 1.0f;
+    dense_forward(out2, x, w, b, R, I, O, 1);
+    for (int i = 0; i < 15; i++) ck_assert_float_eq_tol(out2[i], out[i] + 1.0f, 1e-5f);
+}
+END_TEST
+
+// ---- layernorm ----
+static double ln_loss(void *p) {
+    Ctx *c = p;
+    layernorm_forward(c->out, c->sv[0], c->sv[1], c->in[0], c->in[1], c->in[2], c->a, c->b);
+    return gc_dot(c->out, c->R, (size_t)c->a * c->b);
+}
+
+static void check_layernorm(int with_bias) {
+    enum { R = 4, C = 9 };
+    float x[R * C], w[C], b[C], out[R * C], Rm[R * C], mean[R], rstd[R];
+    float dx[R * C] = {0}, dw[C] = {0}, db[C] = {0};
+    gc_fill(x, R * C, 2, 5); gc_fill(w, C, 1, 6); gc_fill(b, C, 1, 7); gc_fill(Rm, R * C, 1, 8);
+    Ctx c = {.in = {x, w, with_bias ? b : NULL}, .out = out, .sv = {mean, rstd}, .R = Rm,
+             .a = R, .b = C};
+    ln_loss(&c);
+    layernorm_backward(dx, dw, with_bias ? db : NULL, Rm, x, w, mean, rstd, R, C);
+    ck_assert_double_lt(gc_check(ln_loss, &c, x, dx, R * C, H_STEP, 64, 1e-6), TOL);
+    ck_assert_double_lt(gc_check(ln_loss, &c, w, dw, C, H_STEP, 64, 1e-6), TOL);
+    if (with_bias) ck_assert_double_lt(gc_check(ln_loss, &c, b, db, C, H_STEP, 64, 1e-6), TOL);
+    // normalised rows: mean 0, variance 1 before the affine part
+    float ones[C], zeros[C] = {0};
+    for (int i = 0; i < C; i++) ones[i] = 1.0f;
+    layernorm_forward(out, mean, rstd, x, ones, zeros, R, C);
+    for (int r = 0; r < R; r++) {
+        double m = 0, v = 0;
+        for (int i = 0; i < C; i++) m += out[r * C + i];
+        for (int i = 0; i < C; i++) v += out[r * C + i] * out[r * C + i];
+        ck_assert_double_lt(fabs(m / C), 1e-5);
+        ck_assert_double_lt(fabs(v / C - 1.0), 1e-4);
+    }
+}
+
+START_TEST(test_layernorm) { check_layernorm(1); }
+END_TEST
+START_TEST(test_layernorm_nobias) { check_layernorm(0); }
+END_TEST
+
+// ---- gelu ----
+static double gelu_loss(void *p) {
+    Ctx *c = p;
+    gelu_forward(c->out, c->in[0], (size_t)c->a);
+    return gc_dot(c->out, c->R, (size_t)c->a);
+}
+
+START_TEST(test_gelu) {
+    float x[40], out[40], Rm[40], dx[40] = {0};
+    gc_fill(x, 40, 4, 9); gc_fill(Rm, 40, 1, 10);
+    Ctx c = {.in = {x}, .out = out, .R = Rm, .a = 40};
+    gelu_loss(&c);
+    gelu_backward(dx, Rm, x, 40);
+    ck_assert_double_lt(gc_check(gelu_loss, &c, x, dx, 40, 1e-3f, 64, 1e-6), TOL);
+    // hand values: gelu(0) = 0, gelu(1) = 0.5*(1+tanh(0.79788456*1.044715)) = 0.841192
+    float v[2] = {0.0f, 1.0f}, o[2];
+    gelu_forward(o, v, 2);
+    ck_assert_float_eq_tol(o[0], 0.0f, 1e-7f);
+    ck_assert_float_eq_tol(o[1], 0.841192f, 1e-5f);
+}
+END_TEST
+
+// ---- attention ----
+static double att_loss(void *p) {
+    Ctx *c = p;
+    attention_forward(c->out, c->sv[0], c->in[0], c->in[1], c->in[2], c->a, c->b, c->c, c->d,
+                      c->e);
+    return gc_dot(c->out, c->R, (size_t)c->a * c->b * c->d * c->e);
+}
+
+static void check_attention(int Nq, int Nk) {
+    enum { B = 2, H = 2, Dh = 3, D = 6 };
+    float q[B * 8 * D], k[B * 8 * D], v[B * 8 * D], out[B * 8 * D], Rm[B * 8 * D];
+    float att[B * H * 8 * 8], scr[B * H * 8 * 8];
+    float dq[B * 8 * D] = {0}, dk[B * 8 * D] = {0}, dv[B * 8 * D] = {0};
+    gc_fill(q, B * Nq * D, 1.5f, 11); gc_fill(k, B * Nk * D, 1.5f, 12);
+    gc_fill(v, B * Nk * D, 1, 13); gc_fill(Rm, B * Nq * D, 1, 14);
+    Ctx c = {.in = {q, k, v}, .out = out, .sv = {att}, .R = Rm, .a = B, .b = Nq, .c = Nk,
+             .d = H, .e = Dh};
+    att_loss(&c);
+    for (int r = 0; r < B * H * Nq; r++) {
+        double s = 0;
+        for (int j = 0; j < Nk; j++) s += att[r * Nk + j];
+        ck_assert_double_lt(fabs(s - 1.0), 1e-5);
+    }
+    attention_backward(dq, dk, dv, scr, Rm, att, q, k, v, B, Nq, Nk, H, Dh);
+    ck_assert_double_lt(gc_check(att_loss, &c, q, dq, B * Nq * D, H_STEP, 96, 1e-6), TOL);
+    ck_assert_double_lt(gc_check(att_loss, &c, k, dk, B * Nk * D, H_STEP, 96, 1e-6), TOL);
+    ck_assert_double_lt(gc_check(att_loss, &c, v, dv, B * Nk * D, H_STEP, 96, 1e-6), TOL);
+}
+
+START_TEST(test_attention_self) { check_attention(5, 5); }
+END_TEST
+START_TEST(test_attention_cross) { check_attention(1, 7); }  // MAP head shape
+END_TEST
+
+// ---- patch embedding ----
+static double patch_loss(void *p) {
+    Ctx *c = p;
+    patch_forward(c->out, c->sv[0], c->in[0], c->in[1], c->in[2], c->a, c->b, c->c, c->d, c->e);
+    int G = c->b / c->d;
+    return gc_dot(c->out, c->R, (size_t)c->a * G * G * c->e);
+}
+
+START_TEST(test_patch) {
+    enum { B = 2, S = 6, C = 2, P = 3, D = 4, G = 2, PPC = P * P * C };
+    float img[B * S * S * C], w[PPC * D], b[D], out[B * G * G * D], Rm[B * G * G * D];
+    float patches[B * G * G * PPC], dimg[B * S * S * C] = {0}, dw[PPC * D] = {0}, db[D] = {0};
+    gc_fill(img, B * S * S * C, 1, 15); gc_fill(w, PPC * D, 1, 16); gc_fill(b, D, 1, 17);
+    gc_fill(Rm, B * G * G * D, 1, 18);
+    Ctx c = {.in = {img, w, b}, .out = out, .sv = {patches}, .R = Rm, .a = B, .b = S, .c = C,
+             .d = P, .e = D};
+    patch_loss(&c);
+    // patch (b=1, gi=1, gj=0), element (r=2, col=1, ch=1) comes from pixel (1, 5, 1, 1)
+    ck_assert_float_eq(patches[((1 * G + 1) * G + 0) * PPC + (2 * P + 1) * C + 1],
+                       img[((1 * S + 5) * S + 1) * C + 1]);
+    patch_backward(dimg, dw, db, Rm, patches, w, B, S, C, P, D);
+    ck_assert_double_lt(gc_check(patch_loss, &c, img, dimg, B * S * S * C, H_STEP, 96, 1e-6), TOL);
+    ck_assert_double_lt(gc_check(patch_loss, &c, w, dw, PPC * D, H_STEP, 96, 1e-6), TOL);
+    ck_assert_double_lt(gc_check(patch_loss, &c, b, db, D, H_STEP, 96, 1e-6), TOL);
+}
+END_TEST
+
+// ---- pooling ----
+static double pool_loss(void *p) {
+    Ctx *c = p;
+    if (c->kind == 0) gap_forward(c->out, c->in[0], c->a, c->b, c->c);
+    else tok_forward(c->out, c->in[0], c->a, c->b, c->c);
+    return gc_dot(c->out, c->R, (size_t)c->a * c->c);
+}
+
+static void check_pool(int kind) {
+    enum { B = 3, N = 4, D = 5 };
+    float x[B * N * D], out[B * D], Rm[B * D], dx[B * N * D] = {0};
+    gc_fill(x, B * N * D, 1, 19); gc_fill(Rm, B * D, 1, 20);
+    Ctx c = {.kind = kind, .in = {x}, .out = out, .R = Rm, .a = B, .b = N, .c = D};
+    pool_loss(&c);
+    if (kind == 0) gap_backward(dx, Rm, B, N, D);
+    else tok_backward(dx, Rm, B, N, D);
+    ck_assert_double_lt(gc_check(pool_loss, &c, x, dx, B * N * D, H_STEP, 64, 1e-6), TOL);
+}
+
+START_TEST(test_gap) { check_pool(0); }
+END_TEST
+START_TEST(test_tok) { check_pool(1); }
+END_TEST
+
+// ---- losses ----
+static double loss_fn(void *p) {
+    Ctx *c = p;
+    return loss_forward(NULL, c->in[0], c->in[1], c->a, c->b, c->kind);
+}
+
+static void check_loss(int kind) {
+    enum { B = 3, K = 6 };
+    float z[B * K], t[B * K] = {0}, dz[B * K] = {0};
+    gc_fill(z, B * K, 3, 21);
+    t[0 * K + 2] = 1; t[1 * K + 5] = 1; t[2 * K + 0] = 1;
+    if (kind == LOSS_SIGMOID_XENT) t[2 * K + 3] = 1;  // multi-label row
+    Ctx c = {.kind = kind, .in = {z, t}, .a = B, .b = K};
+    loss_backward(dz, z, t, B, K, kind);
+    ck_assert_double_lt(gc_check(loss_fn, &c, z, dz, B * K, 1e-3f, 64, 1e-6), TOL);
+}
+
+START_TEST(test_softmax_xent) {
+    check_loss(LOSS_SOFTMAX_XENT);
+    // uniform logits: loss = log K exactly
+    float z[4] = {0}, t[4] = {0, 1, 0, 0};
+    ck_assert_double_eq_tol(loss_forward(NULL, z, t, 1, 4, LOSS_SOFTMAX_XENT), log(4.0), 1e-9);
+}
+END_TEST
+
+START_TEST(test_sigmoid_xent) {
+    check_loss(LOSS_SIGMOID_XENT);
+    // zero logits: each class costs log 2, summed over K classes
+    float z[4] = {0}, t[4] = {0, 1, 1, 0};
+    ck_assert_double_eq_tol(loss_forward(NULL, z, t, 1, 4, LOSS_SIGMOID_XENT), 4 * log(2.0), 1e-9);
+}
+END_TEST
+
+// The checker must catch a wrong gradient: drop one term and expect failure.
+START_TEST(test_check_can_fail) {
+    int R = 5, I = 7, O = 3;
+    float x[35], w[21], b[3], out[15], Rm[15], dw[21] = {0};
+    gc_fill(x, 35, 1, 1); gc_fill(w, 21, 1, 2); gc_fill(b, 3, 1, 3); gc_fill(Rm, 15, 1, 4);
+    Ctx c = {.in = {x, w, b}, .out = out, .R = Rm, .a = R, .b = I, .c = O};
+    dense_backward(NULL, dw, NULL, Rm, x, w, R, I, O);
+    dw[4] += 0.05f * fabsf(dw[4]) + 0.05f;
+    ck_assert_double_gt(gc_check(dense_loss, &c, w, dw, 21, H_STEP, 64, 1e-6), TOL);
+}
+END_TEST
+
+static Suite *ops_suite(void) {
+    Suite *s = suite_create("ops");
+    TCase *t = tcase_create("gradcheck");
+    tcase_add_test(t, test_dense);
+    tcase_add_test(t, test_layernorm);
+    tcase_add_test(t, test_layernorm_nobias);
+    tcase_add_test(t, test_gelu);
+    tcase_add_test(t, test_attention_self);
+    tcase_add_test(t, test_attention_cross);
+    tcase_add_test(t, test_patch);
+    tcase_add_test(t, test_gap);
+    tcase_add_test(t, test_tok);
+    tcase_add_test(t, test_softmax_xent);
+    tcase_add_test(t, test_sigmoid_xent);
+    tcase_add_test(t, test_check_can_fail);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+SM_TEST_MAIN(ops_suite)
