@@ -10,7 +10,7 @@ typedef double (*GcLossFn)(void *ctx);
 // Probes up to max_probe elements of x (evenly strided, always the first and
 // last) and returns max |fd - g| / (max_all |g| + floor): the error relative
 // to the gradient's scale, so a tiny entry cannot fail on rounding alone.
-static double gc_check(GcLossFn f, void *ctx, float *x, const float *g, size_t n, float h,
+static inline double gc_check(GcLossFn f, void *ctx, float *x, const float *g, size_t n, float h,
                        int max_probe, double floor) {
     double gmax = 0, err = 0;
     for (size_t i = 0; i < n; i++) gmax = fabs(g[i]) > gmax ? fabs(g[i]) : gmax;
@@ -32,7 +32,7 @@ static double gc_check(GcLossFn f, void *ctx, float *x, const float *g, size_t n
 }
 
 // Deterministic pseudo-random fill in [-a, a] (xorshift), no Rng dependency.
-static void gc_fill(float *x, size_t n, float a, unsigned seed) {
+static inline void gc_fill(float *x, size_t n, float a, unsigned seed) {
     unsigned s = seed * 2654435761u + 12345u;
     for (size_t i = 0; i < n; i++) {
         s ^= s << 13; s ^= s >> 17; s ^= s << 5;
@@ -40,7 +40,7 @@ static void gc_fill(float *x, size_t n, float a, unsigned seed) {
     }
 }
 
-static double gc_dot(const float *a, const float *b, size_t n) {
+static inline double gc_dot(const float *a, const float *b, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
     return s;
