@@ -1,2 +1,91 @@
+// The `softmoe` command: train, params, bench.
 #include <stdio.h>
-int main(void) { return 0; }
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "core/config.h"
+#include "model/vit.h"
+#include "train/bench.h"
+#include "train/train.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: softmoe <command> CONFIG.ini [section.key=value ...]\n"
+            "commands:\n"
+            "  train   train the configured model (resolved config and metrics.jsonl go to\n"
+            "          train.workdir)\n"
+            "  params  parameter count per group and forward GFLOP per image, no data\n"
+            "  bench   time forward+backward+update; img/s, GFLOP/s, MFU vs this machine's sgemm\n"
+            "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 optim.lr=5e-4\n");
+}
+
+static void load_config(Config *c, int argc, char **argv) {
+    char err[1024];
+    if (config_load(c, argv[2], argc - 3, argv + 3, err, sizeof err) != 0) {
+        fprintf(stderr, "softmoe: error: %s\n", err);
+        exit(2);
+    }
+}
+
+// Which group a tensor's parameters count towards in `softmoe params`.
+static const char *group_of(const char *name) {
+    if (!strncmp(name, "embedding/", 10)) return "embedding";
+    if (!strcmp(name, "cls") || strstr(name, "posembed")) return "posemb+cls";
+    if (!strncmp(name, "MAPHead_0/", 10)) return "map_head";
+    if (!strncmp(name, "head/", 5)) return "head";
+    if (strstr(name, "SelfAttention/")) return "attention";
+    if (strstr(name, "/Moe/")) return "moe";
+    if (strstr(name, "/Mlp/")) return "mlp";
+    return "layernorm";
+}
+
+static int cmd_params(const Config *c) {
+    Vit m;
+    vit_build(&m, c);
+    const char *groups[] = {"embedding", "posemb+cls", "attention", "mlp", "moe",
+                            "layernorm", "map_head",   "head"};
+    size_t total = 0;
+    for (size_t g = 0; g < sizeof groups / sizeof *groups; g++) {
+        size_t s = 0;
+        for (int i = 0; i < m.pt.n; i++)
+            if (!strcmp(group_of(m.pt.t[i].name), groups[g])) s += m.pt.t[i].numel;
+        if (s) printf("  %-12s %14zu\n", groups[g], s);
+        total += s;
+    }
+    printf("params: %zu\n", total);
+    printf("tensors: %d\n", m.pt.n);
+    printf("tokens: %d\n", m.d.N);
+    printf("gflops_per_image: %.4f\n", vit_flops_per_image(&m.d) / 1e9);
+    ptable_free(&m.pt);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "train") && strcmp(cmd, "params") && strcmp(cmd, "bench")) {
+        fprintf(stderr, "softmoe: error: unknown command '%s'\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    if (argc < 3) {
+        fprintf(stderr, "softmoe: error: '%s' needs a config file\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    Config c;
+    load_config(&c, argc, argv);
+    if (!strcmp(cmd, "params")) return cmd_params(&c);
+    if (!strcmp(cmd, "bench")) {
+        const char *s = getenv("SOFTMOE_BENCH_STEPS");
+        bench_run(&c, s ? atoi(s) : 5);
+        return 0;
+    }
+    TrainResult r;
+    train_run(&c, 0, &r);
+    return 0;
+}

@@ -73,3 +73,28 @@ size_t sm_peak_rss(void) {
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
     return (size_t)ru.ru_maxrss * 1024;  // Linux reports KiB
 }
+
+#include <sys/stat.h>
+
+void sm_mkdirs(const char *path) {
+    char buf[4096];
+    size_t n = strlen(path);
+    SM_CHECK(n > 0 && n < sizeof buf, "bad directory path '%s'", path);
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0') continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            sm_die("cannot create directory '%s': %s", buf, strerror(errno));
+        buf[i] = c;
+    }
+}
+
+void sm_fmt_duration(double s, char *buf, size_t n) {
+    if (s < 0 || s != s) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60) snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+    else snprintf(buf, n, "%lds", t);
+}

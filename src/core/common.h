@@ -38,3 +38,8 @@ void sm_fclose_at(FILE *f, const char *path, const char *file, int line);
 double sm_now(void);
 // Peak resident set size of this process in bytes (from getrusage).
 size_t sm_peak_rss(void);
+
+// mkdir -p; dies naming the path on failure.
+void sm_mkdirs(const char *path);
+// Formats seconds as "1h02m", "3m04s" or "12s".
+void sm_fmt_duration(double s, char *buf, size_t n);

@@ -1,0 +1,402 @@
+#!/usr/bin/python3
+"""Independent PyTorch reference for the C model: writes tests/data/ref_*.bin.
+
+Each fixture holds a model config, random parameters and inputs, and the
+float64 autograd results (logits, pre-logits, loss, every parameter gradient)
+that the C forward/backward must reproduce. The maths is written out here from
+DESIGN.md / big_vision rather than borrowed from torch.nn modules, so that it
+is a second implementation, not a re-statement of the C code's choices.
+
+Values are drawn in float32 and only then widened to float64, so the C side,
+which computes in float32, starts from bit-identical parameters and inputs and
+the only difference left is its own rounding.
+
+    /usr/bin/python3 scripts/make_reference.py [--out DIR] [--only NAME ...]
+
+File format (little-endian): magic b"SMREF01\\n", then records until EOF:
+    char kind[4] ("F32 " | "TEXT"), u32 name_len, name, u32 ndim, u64 dims[ndim],
+    data (prod(dims) float32, or dims[0] bytes of text).
+Reader: tests/fixture.h.
+"""
+import argparse
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+MAGIC = b"SMREF01\n"
+LN_EPS = 1e-6
+
+# Scales of the random draws. Large enough that every path carries a gradient
+# well above float32 noise, small enough that softmaxes stay unsaturated
+# (attention logits come out with std ~1).
+KERNEL_STD = 0.25
+EMBED_STD = 0.5      # posemb, cls, MAP probe: stand-alone vectors, not products
+BIAS_STD = 0.1
+SCALE_STD = 0.1      # LayerNorm/QK-norm scales are 1 + SCALE_STD * N(0,1)
+
+
+# --------------------------------------------------------------------------
+# Cases. A case is a model config (the C side's [model]/[moe] keys), a batch
+# size and a seed; `blocks` optionally names the MLP kind of each encoder
+# block ("dense" by default) so Soft MoE cases only add an entry to MLP_KINDS.
+
+BASE = dict(width=32, depth=2, heads=2, mlp_dim=64, image_size=8, patch=4,
+            channels=3, classes=10)
+
+CASES = [
+    dict(name="gap_learn", seed=1001, batch=3,
+         model=dict(BASE, pool="gap", posemb="learn", qk_norm=False, loss="softmax_xent")),
+    dict(name="tok_sincos_qk", seed=1002, batch=2,
+         model=dict(BASE, pool="tok", posemb="sincos2d", qk_norm=True, loss="sigmoid_xent")),
+    # Depth 1: the MAP head adds ~8.5k parameters and a second block would
+    # push the file past 200 KB; block-to-block backward is covered above.
+    dict(name="map_learn_qk", seed=1003, batch=2,
+         model=dict(BASE, depth=1, pool="map", posemb="learn", qk_norm=True, loss="softmax_xent")),
+]
+
+
+def config_text(case):
+    """The section.key=value overrides that rebuild this model in C."""
+    m = case["model"]
+    lines = []
+    for k in ("width", "depth", "heads", "mlp_dim", "image_size", "patch",
+              "channels", "classes", "pool", "posemb", "qk_norm", "loss"):
+        v = m[k]
+        lines.append("model.%s=%s" % (k, ("true" if v else "false") if isinstance(v, bool) else v))
+    # Said explicitly so a change of the C default can never turn a dense
+    # fixture into an MoE model silently.
+    for k, v in case.get("moe", {"experts": 0}).items():
+        lines.append("moe.%s=%s" % (k, v))
+    lines.append("train.batch_size=%d" % case["batch"])
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------
+# Parameter specs: ordered (name, shape, kind), kind choosing the draw.
+
+def attention_specs(prefix, D, H, qk_norm):
+    Dh = D // H
+    s = []
+    for p in ("query", "key", "value"):
+        s += [(prefix + p + "/kernel", (D, H, Dh), "kernel"),
+              (prefix + p + "/bias", (H, Dh), "bias")]
+    s += [(prefix + "out/kernel", (H, Dh, D), "kernel"),
+          (prefix + "out/bias", (D,), "bias")]
+    if qk_norm:
+        s += [(prefix + "query_ln/scale", (Dh,), "scale"),
+              (prefix + "key_ln/scale", (Dh,), "scale")]
+    return s
+
+
+def layernorm_specs(prefix, D):
+    return [(prefix + "scale", (D,), "scale"), (prefix + "bias", (D,), "bias")]
+
+
+def dense_mlp_specs(prefix, m):
+    D, M = m["width"], m["mlp_dim"]
+    return [(prefix + "Dense_0/kernel", (D, M), "kernel"), (prefix + "Dense_0/bias", (M,), "bias"),
+            (prefix + "Dense_1/kernel", (M, D), "kernel"), (prefix + "Dense_1/bias", (D,), "bias")]
+
+
+def dense_mlp_forward(p, prefix, y, m):
+    return mlp(y, p[prefix + "Dense_0/kernel"], p[prefix + "Dense_0/bias"],
+               p[prefix + "Dense_1/kernel"], p[prefix + "Dense_1/bias"])
+
+
+# kind -> (checkpoint sub-prefix inside the block, specs(prefix, model), forward(p, prefix, y, model))
+MLP_KINDS = {
+    "dense": ("Mlp/", dense_mlp_specs, dense_mlp_forward),
+}
+
+
+def block_kinds(case):
+    return case.get("blocks", ["dense"] * case["model"]["depth"])
+
+
+def param_specs(case):
+    m = case["model"]
+    D, H, P, C, K = m["width"], m["heads"], m["patch"], m["channels"], m["classes"]
+    G = m["image_size"] // P
+    N = G * G + (1 if m["pool"] == "tok" else 0)
+    s = [("embedding/kernel", (P, P, C, D), "kernel"), ("embedding/bias", (D,), "bias")]
+    if m["pool"] == "tok":
+        s.append(("cls", (1, 1, D), "embed"))
+    if m["posemb"] == "learn":
+        s.append(("Encoder/posembed_input/pos_embedding", (1, N, D), "embed"))
+    for i, kind in enumerate(block_kinds(case)):
+        b = "Encoder/encoderblock_%d/" % i
+        s += layernorm_specs(b + "LayerNorm_0/", D)
+        s += attention_specs(b + "SelfAttention/", D, H, m["qk_norm"])
+        s += layernorm_specs(b + "LayerNorm_1/", D)
+        sub, specs, _ = MLP_KINDS[kind]
+        s += specs(b + sub, m)
+    s += layernorm_specs("Encoder/encoder_norm/", D)
+    if m["pool"] == "map":
+        h = "MAPHead_0/"
+        s.append((h + "probe", (1, 1, D), "embed"))
+        s += attention_specs(h + "MultiHeadDotProductAttention_0/", D, H, False)
+        s += layernorm_specs(h + "LayerNorm_0/", D)
+        s += dense_mlp_specs(h + "MlpBlock_0/", m)
+    s += [("head/kernel", (D, K), "kernel"), ("head/bias", (K,), "bias")]
+    return s
+
+
+def draw(gen, shape, kind):
+    """float32 draw widened to float64: the C side sees the same numbers."""
+    z = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if kind == "scale":
+        z = 1.0 + SCALE_STD * z
+    else:
+        z = z * {"kernel": KERNEL_STD, "embed": EMBED_STD, "bias": BIAS_STD}[kind]
+    return z.to(torch.float32).to(torch.float64)
+
+
+def draw_inputs(gen, case):
+    m = case["model"]
+    B, S, C, K = case["batch"], m["image_size"], m["channels"], m["classes"]
+    # Images in value_range(-1, 1), as the preprocessing produces.
+    images = (torch.rand((B, S, S, C), generator=gen, dtype=torch.float32) * 2 - 1).to(torch.float64)
+    targets = torch.zeros((B, K), dtype=torch.float64)
+    if m["loss"] == "softmax_xent":
+        cls = torch.randint(0, K, (B,), generator=gen)
+        targets[torch.arange(B), cls] = 1.0
+    else:
+        # Multi-hot with 2..4 labels per row, so both terms of the sigmoid
+        # loss are exercised on every row.
+        for b in range(B):
+            n = int(torch.randint(2, 5, (1,), generator=gen))
+            targets[b, torch.randperm(K, generator=gen)[:n]] = 1.0
+    return images, targets
+
+
+# --------------------------------------------------------------------------
+# The model, written out.
+
+def layernorm(x, scale, bias=None):
+    """Over the last axis, biased variance (flax); bias absent for QK-norm."""
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    y = (x - mu) / torch.sqrt(var + LN_EPS) * scale
+    return y if bias is None else y + bias
+
+
+def gelu_tanh(u):
+    return 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
+
+
+def mlp(y, k0, b0, k1, b1):
+    return gelu_tanh(y @ k0 + b0) @ k1 + b1
+
+
+def attention(p, prefix, xq, xkv, qk_norm):
+    """Multi-head attention, queries from xq (B,Nq,D), keys/values from xkv (B,N,D)."""
+    D, H, Dh = p[prefix + "query/kernel"].shape
+
+    def proj(x, name):  # -> (B, H, n, Dh)
+        y = x @ p[prefix + name + "/kernel"].reshape(D, H * Dh) + p[prefix + name + "/bias"].reshape(H * Dh)
+        return y.reshape(x.shape[0], x.shape[1], H, Dh).transpose(1, 2)
+
+    q, k, v = proj(xq, "query"), proj(xkv, "key"), proj(xkv, "value")
+    if qk_norm:
+        q = layernorm(q, p[prefix + "query_ln/scale"])
+        k = layernorm(k, p[prefix + "key_ln/scale"])
+    att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(Dh), dim=-1)  # (B,H,Nq,N)
+    o = (att @ v).transpose(1, 2).reshape(xq.shape[0], xq.shape[1], H * Dh)
+    return o @ p[prefix + "out/kernel"].reshape(H * Dh, D) + p[prefix + "out/bias"]
+
+
+def posemb_sincos_2d(G, D, temperature=10000.0):
+    """big_vision's posemb_sincos_2d(G, G, D): (G*G, D)."""
+    assert D % 4 == 0
+    y, x = torch.meshgrid(torch.arange(G, dtype=torch.float64),
+                          torch.arange(G, dtype=torch.float64), indexing="ij")
+    omega = torch.arange(D // 4, dtype=torch.float64) / (D // 4 - 1)
+    omega = 1.0 / temperature ** omega
+    x = x.flatten()[:, None] * omega[None]
+    y = y.flatten()[:, None] * omega[None]
+    return torch.cat([torch.sin(x), torch.cos(x), torch.sin(y), torch.cos(y)], dim=1)
+
+
+def patchify(images, P):
+    """(B,S,S,C) -> (B, G*G, P*P*C), patches in row-major grid order, each
+    flattened in (row, col, channel) order to match embedding/kernel (P,P,C,D)."""
+    B, S, _, C = images.shape
+    G = S // P
+    t = images.reshape(B, G, P, G, P, C).permute(0, 1, 3, 2, 4, 5)
+    return t.reshape(B, G * G, P * P * C)
+
+
+def forward(case, p, images, targets):
+    """Returns (logits (B,K), prelogits (B,D), loss ())."""
+    m = case["model"]
+    P, D = m["patch"], m["width"]
+    B = images.shape[0]
+    G = m["image_size"] // P
+
+    x = patchify(images, P) @ p["embedding/kernel"].reshape(-1, D) + p["embedding/bias"]
+    if m["posemb"] == "sincos2d":
+        x = x + posemb_sincos_2d(G, D)[None]          # patch tokens only
+    if m["pool"] == "tok":
+        x = torch.cat([p["cls"].expand(B, 1, D), x], dim=1)
+    if m["posemb"] == "learn":
+        x = x + p["Encoder/posembed_input/pos_embedding"]  # includes the cls slot
+
+    for i, kind in enumerate(block_kinds(case)):
+        b = "Encoder/encoderblock_%d/" % i
+        y = layernorm(x, p[b + "LayerNorm_0/scale"], p[b + "LayerNorm_0/bias"])
+        x = x + attention(p, b + "SelfAttention/", y, y, m["qk_norm"])
+        y = layernorm(x, p[b + "LayerNorm_1/scale"], p[b + "LayerNorm_1/bias"])
+        sub, _, mlp_forward = MLP_KINDS[kind]
+        x = x + mlp_forward(p, b + sub, y, m)
+    x = layernorm(x, p["Encoder/encoder_norm/scale"], p["Encoder/encoder_norm/bias"])
+
+    if m["pool"] == "gap":
+        pooled = x.mean(1)
+    elif m["pool"] == "tok":
+        pooled = x[:, 0]
+    elif m["pool"] == "map":
+        h = "MAPHead_0/"
+        a = attention(p, h + "MultiHeadDotProductAttention_0/", p[h + "probe"].expand(B, 1, D), x, False)
+        y = layernorm(a, p[h + "LayerNorm_0/scale"], p[h + "LayerNorm_0/bias"])
+        a = a + dense_mlp_forward(p, h + "MlpBlock_0/", y, m)
+        pooled = a[:, 0]
+    else:
+        raise ValueError("unknown pool " + m["pool"])
+
+    logits = pooled @ p["head/kernel"] + p["head/bias"]
+    if m["loss"] == "softmax_xent":
+        loss = -(targets * torch.log_softmax(logits, -1)).sum(-1).mean()
+    elif m["loss"] == "sigmoid_xent":
+        lp = torch.nn.functional.logsigmoid
+        loss = -(targets * lp(logits) + (1 - targets) * lp(-logits)).sum(-1).mean()
+    else:
+        raise ValueError("unknown loss " + m["loss"])
+    return logits, pooled, loss
+
+
+def build(case):
+    """Draws params and inputs for a case (deterministic in its seed)."""
+    gen = torch.Generator().manual_seed(case["seed"])
+    params = {name: draw(gen, shape, kind) for name, shape, kind in param_specs(case)}
+    images, targets = draw_inputs(gen, case)
+    return params, images, targets
+
+
+def compute(case):
+    """Returns the ordered list of records (kind, name, array|text) for a case."""
+    params, images, targets = build(case)
+    for t in params.values():
+        t.requires_grad_(True)
+    logits, pooled, loss = forward(case, params, images, targets)
+    names = list(params)
+    grads = torch.autograd.grad(loss, [params[n] for n in names])
+    rec = [("TEXT", "config", config_text(case)),
+           ("F32 ", "input/images", images),
+           ("F32 ", "input/targets", targets)]
+    rec += [("F32 ", "params/" + n, params[n].detach()) for n in names]
+    rec += [("F32 ", "output/logits", logits.detach()),
+            ("F32 ", "output/prelogits", pooled.detach()),
+            ("F32 ", "output/loss", loss.detach())]
+    rec += [("F32 ", "grads/" + n, g) for n, g in zip(names, grads)]
+    return [(k, n, v if k == "TEXT" else v.numpy().astype("<f4")) for k, n, v in rec]
+
+
+# --------------------------------------------------------------------------
+# Fixture I/O.
+
+def encode(records):
+    out = [MAGIC]
+    for kind, name, v in records:
+        nb = name.encode()
+        out += [kind.encode(), struct.pack("<I", len(nb)), nb]
+        if kind == "TEXT":
+            data = v.encode()
+            dims = (len(data),)
+        else:
+            data = np.ascontiguousarray(v, dtype="<f4").tobytes()
+            dims = v.shape
+        out += [struct.pack("<I", len(dims)), struct.pack("<%dQ" % len(dims), *dims), data]
+    return b"".join(out)
+
+
+def decode(buf):
+    """Parses a fixture back into [(kind, name, value)]; raises on any damage."""
+    if buf[:8] != MAGIC:
+        raise ValueError("bad magic")
+    pos, recs = 8, []
+
+    def take(n):
+        nonlocal pos
+        if pos + n > len(buf):
+            raise ValueError("truncated at byte %d" % pos)
+        pos += n
+        return buf[pos - n:pos]
+
+    while pos < len(buf):
+        kind = take(4).decode()
+        (nl,) = struct.unpack("<I", take(4))
+        name = take(nl).decode()
+        (nd,) = struct.unpack("<I", take(4))
+        dims = struct.unpack("<%dQ" % nd, take(8 * nd))
+        if kind == "TEXT":
+            if nd != 1:
+                raise ValueError("%s: TEXT with ndim %d" % (name, nd))
+            recs.append((kind, name, take(dims[0]).decode()))
+        elif kind == "F32 ":
+            n = int(np.prod(dims, dtype=np.int64))
+            recs.append((kind, name, np.frombuffer(take(4 * n), "<f4").reshape(dims)))
+        else:
+            raise ValueError("%s: unknown kind %r" % (name, kind))
+    return recs
+
+
+def verify(path, records):
+    """Re-reads what was written and insists it is exactly what we meant."""
+    with open(path, "rb") as f:
+        back = decode(f.read())
+    assert len(back) == len(records), path
+    names = [n for _, n, _ in back]
+    assert len(set(names)) == len(names), path + ": duplicate record names"
+    for (k0, n0, v0), (k1, n1, v1) in zip(records, back):
+        assert (k0, n0) == (k1, n1), (path, n0, n1)
+        if k0 == "TEXT":
+            assert v0 == v1, (path, n0)
+        else:
+            assert v0.shape == v1.shape and np.array_equal(v0, v1), (path, n0)
+            assert np.all(np.isfinite(v1)), (path, n0, "non-finite")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                  "..", "tests", "data"))
+    ap.add_argument("--only", nargs="*", help="case names (default: all)")
+    args = ap.parse_args()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)  # float64 sums in one fixed order: byte-identical reruns
+    os.makedirs(args.out, exist_ok=True)
+    known = {c["name"] for c in CASES}
+    for n in args.only or []:
+        if n not in known:
+            sys.exit("make_reference: unknown case %r (have %s)" % (n, ", ".join(sorted(known))))
+    for case in CASES:
+        if args.only and case["name"] not in args.only:
+            continue
+        records = compute(case)
+        path = os.path.join(args.out, "ref_%s.bin" % case["name"])
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(encode(records))
+        os.replace(tmp, path)
+        verify(path, records)
+        loss = next(v for _, n, v in records if n == "output/loss")
+        print("%-40s %7d bytes  %3d records  loss %.6f"
+              % (os.path.relpath(path), os.path.getsize(path), len(records), float(loss)))
+
+
+if __name__ == "__main__":
+    main()

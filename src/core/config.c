@@ -1,0 +1,659 @@
+// The run configuration: one table of every key (section, name, type, field,
+// default) drives defaults, INI parsing (libinih), overrides, validation and
+// writing the resolved config back out, so the five can never disagree.
+#include "config.h"
+#include "common.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <string.h>
+#include <strings.h>
+
+typedef enum { T_INT, T_LONG, T_U64, T_DOUBLE, T_BOOL, T_STR, T_ENUM, T_SLOTS, T_VARIANT } KeyType;
+
+typedef struct {
+    const char *section, *key;
+    KeyType type;
+    size_t off, size;      // field offset in Config, field size (string capacity)
+    const char *def;       // default, as INI text: parsed by the same code as files
+    const char *choices;   // T_ENUM: "a|b|c"
+    double min;            // numeric types: smallest accepted value
+} KeyDef;
+
+#define F(field) offsetof(Config, field), sizeof(((Config *)0)->field)
+#define NOMIN 0
+
+static const KeyDef KEYS[] = {
+    {"model", "variant", T_VARIANT, F(variant), "", NULL, NOMIN},
+    {"model", "width", T_INT, F(width), "64", NULL, 1},
+    {"model", "depth", T_INT, F(depth), "4", NULL, 1},
+    {"model", "heads", T_INT, F(heads), "4", NULL, 1},
+    {"model", "mlp_dim", T_INT, F(mlp_dim), "256", NULL, 1},
+    {"model", "patch", T_INT, F(patch), "4", NULL, 1},
+    {"model", "image_size", T_INT, F(image_size), "28", NULL, 1},
+    {"model", "channels", T_INT, F(channels), "1", NULL, 1},
+    {"model", "classes", T_INT, F(classes), "10", NULL, 1},
+    {"model", "pool", T_ENUM, F(pool), "gap", "gap|tok|map", NOMIN},
+    {"model", "posemb", T_ENUM, F(posemb), "learn", "learn|sincos2d", NOMIN},
+    {"model", "qk_norm", T_BOOL, F(qk_norm), "false", NULL, NOMIN},
+    {"model", "loss", T_ENUM, F(loss), "softmax_xent", "softmax_xent|sigmoid_xent", NOMIN},
+    {"moe", "experts", T_INT, F(experts), "0", NULL, 0},
+    {"moe", "slots", T_SLOTS, F(slots), "1", NULL, 1},
+    {"moe", "capacity_factor", T_DOUBLE, F(capacity_factor), "1.0", NULL, 0},
+    {"moe", "layers", T_STR, F(layers), "last_half", NULL, NOMIN},
+    {"moe", "shared_init", T_BOOL, F(shared_init), "true", NULL, NOMIN},
+    {"moe", "router", T_ENUM, F(router), "soft", "soft|tokens_choice|experts_choice", NOMIN},
+    {"data", "source", T_ENUM, F(source), "synthetic", "synthetic|shards|folder", NOMIN},
+    {"data", "train", T_STR, F(train), "", NULL, NOMIN},
+    {"data", "val", T_STR, F(val), "", NULL, NOMIN},
+    {"data", "pp_train", T_STR, F(pp_train), "inception_crop(224)|flip_lr|value_range(-1,1)", NULL, NOMIN},
+    {"data", "pp_eval", T_STR, F(pp_eval), "resize_small(256)|central_crop(224)|value_range(-1,1)", NULL, NOMIN},
+    {"data", "threads", T_INT, F(threads), "2", NULL, 1},
+    {"data", "shuffle_buffer", T_INT, F(shuffle_buffer), "10000", NULL, 0},
+    {"data", "synthetic_size", T_INT, F(synthetic_size), "10000", NULL, 1},
+    {"optim", "lr", T_DOUBLE, F(lr), "1e-3", NULL, 0},
+    {"optim", "b1", T_DOUBLE, F(b1), "0.9", NULL, 0},
+    {"optim", "b2", T_DOUBLE, F(b2), "0.999", NULL, 0},
+    {"optim", "eps", T_DOUBLE, F(eps), "1e-8", NULL, 0},
+    {"optim", "clip", T_DOUBLE, F(clip), "1.0", NULL, 0},
+    {"optim", "wd", T_STR, F(wd), "head/kernel:3.0, */kernel:0.03", NULL, NOMIN},
+    {"schedule", "warmup_steps", T_LONG, F(warmup_steps), "100", NULL, 0},
+    {"schedule", "decay", T_ENUM, F(decay), "rsqrt", "rsqrt|cosine|linear|constant", NOMIN},
+    {"schedule", "timescale", T_DOUBLE, F(timescale), "10000", NULL, 0},
+    {"schedule", "cooldown_steps", T_LONG, F(cooldown_steps), "0", NULL, 0},
+    {"train", "batch_size", T_INT, F(batch_size), "64", NULL, 1},
+    {"train", "steps", T_LONG, F(steps), "1000", NULL, 0},
+    {"train", "seed", T_U64, F(seed), "0", NULL, 0},
+    {"train", "workdir", T_STR, F(workdir), "runs/default", NULL, NOMIN},
+    {"train", "log_every", T_INT, F(log_every), "10", NULL, 1},
+    {"train", "ckpt_every", T_INT, F(ckpt_every), "1000", NULL, 0},
+    {"train", "keep_ckpts", T_INT, F(keep_ckpts), "3", NULL, 0},
+    {"train", "keep_every", T_INT, F(keep_every), "0", NULL, 0},
+    {"train", "init", T_STR, F(init), "", NULL, NOMIN},
+    {"train", "resume", T_ENUM, F(resume), "latest", "latest|latest_valid|none", NOMIN},
+    {"eval", "every", T_INT, F(eval_every), "0", NULL, 0},
+    {"eval", "batch_size", T_INT, F(eval_batch_size), "256", NULL, 1},
+    {"fewshot", "every", T_INT, F(fewshot_every), "0", NULL, 0},
+    {"fewshot", "shots", T_STR, F(fewshot_shots), "1,5,10,25", NULL, NOMIN},
+    {"fewshot", "seeds", T_INT, F(fewshot_seeds), "3", NULL, 1},
+    {"fewshot", "l2", T_DOUBLE, F(fewshot_l2), "1024", NULL, 0},
+    {"dist", "expert_parallel", T_INT, F(expert_parallel), "0", NULL, 0},
+};
+#define NKEYS (sizeof KEYS / sizeof KEYS[0])
+
+// ViT sizes from "Scaling Vision Transformers" (Zhai et al.), as used by big_vision.
+static const struct { const char *name; int width, depth, heads, mlp_dim; } VARIANTS[] = {
+    {"Ti", 192, 12, 3, 768},   {"S", 384, 12, 6, 1536},   {"B", 768, 12, 12, 3072},
+    {"L", 1024, 24, 16, 4096}, {"H", 1280, 32, 16, 5120},
+};
+
+enum { MAX_LINE = 2 * CFG_PATH, MAX_DEPTH = 16 };
+
+// ---------------------------------------------------------------- errors
+
+// Writes "origin:line: message" (or "origin: message" when line <= 0, as for
+// the command line) into err; always returns -1 so callers can `return fail(...)`.
+__attribute__((format(printf, 5, 6)))
+static int fail(char *err, size_t errlen, const char *origin, int line, const char *fmt, ...) {
+    if (!err || errlen == 0) return -1;
+    int n = line > 0 ? snprintf(err, errlen, "%s:%d: ", origin, line)
+                     : snprintf(err, errlen, "%s: ", origin);
+    if (n >= 0 && (size_t)n < errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static int levenshtein(const char *a, const char *b) {
+    size_t na = strlen(a), nb = strlen(b);
+    if (na > 63 || nb > 63) return INT_MAX;  // names are short; long input is no typo
+    int prev[64], cur[64];
+    for (size_t j = 0; j <= nb; j++) prev[j] = (int)j;
+    for (size_t i = 1; i <= na; i++) {
+        cur[0] = (int)i;
+        for (size_t j = 1; j <= nb; j++) {
+            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            int del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, sizeof(int) * (nb + 1));
+    }
+    return prev[nb];
+}
+
+// Nearest "section.key" (or bare section when want_section) within distance 3,
+// written into out; out is "" when nothing is close enough to be a likely typo.
+static void suggest(const char *name, bool want_section, char *out, size_t outlen) {
+    int best = 4;
+    out[0] = '\0';
+    for (size_t i = 0; i < NKEYS; i++) {
+        char cand[128];
+        if (want_section) snprintf(cand, sizeof cand, "%s", KEYS[i].section);
+        else snprintf(cand, sizeof cand, "%s.%s", KEYS[i].section, KEYS[i].key);
+        int d = levenshtein(name, cand);
+        if (d < best) { best = d; snprintf(out, outlen, "%s", cand); }
+    }
+}
+
+// ---------------------------------------------------------------- values
+
+static int parse_long(const char *s, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end != '\0' || errno == ERANGE) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    if (strchr(s, '-')) return -1;  // strtoull silently negates "-1" to 2^64-1
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *end != '\0' || errno == ERANGE) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int parse_double(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || errno == ERANGE || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_bool(const char *s, int *out) {
+    static const char *yes[] = {"true", "1", "yes"}, *no[] = {"false", "0", "no"};
+    for (int i = 0; i < 3; i++) {
+        if (strcasecmp(s, yes[i]) == 0) { *out = 1; return 0; }
+        if (strcasecmp(s, no[i]) == 0) { *out = 0; return 0; }
+    }
+    return -1;
+}
+
+static bool enum_has(const char *choices, const char *s) {
+    size_t n = strlen(s);
+    for (const char *p = choices; p; p = strchr(p, '|') ? strchr(p, '|') + 1 : NULL) {
+        size_t len = strchr(p, '|') ? (size_t)(strchr(p, '|') - p) : strlen(p);
+        if (len == n && strncmp(p, s, n) == 0) return true;
+    }
+    return false;
+}
+
+// "" -> *vi = -1; "S" -> index of S, *patch = 0; "S/16" -> also *patch = 16.
+static int parse_variant(const char *s, int *vi, int *patch) {
+    *vi = -1;
+    *patch = 0;
+    if (s[0] == '\0') return 0;
+    const char *slash = strchr(s, '/');
+    size_t n = slash ? (size_t)(slash - s) : strlen(s);
+    for (size_t i = 0; i < sizeof VARIANTS / sizeof VARIANTS[0]; i++)
+        if (strlen(VARIANTS[i].name) == n && strncmp(VARIANTS[i].name, s, n) == 0) *vi = (int)i;
+    long p = 0;
+    if (*vi < 0 || (slash && (parse_long(slash + 1, &p) != 0 || p < 1 || p > INT_MAX))) return -1;
+    *patch = (int)p;
+    return 0;
+}
+
+// A string that an INI file could not give back unchanged would break the
+// promise that the written config reloads identically, so refuse it here.
+static bool ini_safe(const char *s) {
+    for (const char *p = s; *p; p++) {
+        if (*p == '\n' || *p == '\r') return false;
+        if ((*p == ';' || *p == '#') && p > s && (p[-1] == ' ' || p[-1] == '\t')) return false;
+    }
+    return true;
+}
+
+static int set_string(const KeyDef *k, char *dst, const char *value, const char *origin,
+                      int line, char *err, size_t errlen) {
+    size_t n = strlen(value);
+    if (n >= k->size)
+        return fail(err, errlen, origin, line, "%s.%s is %zu characters long (at most %zu)",
+                    k->section, k->key, n, k->size - 1);
+    if (!ini_safe(value))
+        return fail(err, errlen, origin, line,
+                    "%s.%s contains a line break or a ' ;'/' #' comment marker", k->section, k->key);
+    memset(dst, 0, k->size);  // zero the tail so equal configs are memcmp-equal
+    memcpy(dst, value, n);
+    return 0;
+}
+
+static int set_number(const KeyDef *k, char *dst, const char *v, const char *origin, int line,
+                      char *err, size_t errlen) {
+    if (k->type == T_SLOTS && strcmp(v, "auto") == 0) {
+        *(int *)dst = 0;  // 0 = derive slots from moe.capacity_factor
+        return 0;
+    }
+    long l = 0;
+    double d = 0;
+    int ok;
+    switch (k->type) {
+    case T_INT: ok = parse_long(v, &l) == 0 && l <= INT_MAX && l >= INT_MIN; d = (double)l; break;
+    case T_LONG: ok = parse_long(v, &l) == 0; d = (double)l; break;
+    case T_SLOTS: ok = parse_long(v, &l) == 0 && l <= INT_MAX; d = (double)l; break;
+    default: ok = parse_double(v, &d) == 0; break;
+    }
+    const char *what = k->type == T_DOUBLE ? "a number" : k->type == T_SLOTS ? "an integer or 'auto'"
+                                                                            : "an integer";
+    if (!ok)
+        return fail(err, errlen, origin, line, "%s.%s = '%s' is not %s", k->section, k->key, v, what);
+    if (d < k->min)
+        return fail(err, errlen, origin, line, "%s.%s = %s is out of range (must be >= %g)",
+                    k->section, k->key, v, k->min);
+    if (k->type == T_INT || k->type == T_SLOTS) *(int *)dst = (int)l;
+    else if (k->type == T_LONG) *(long *)dst = l;
+    else *(double *)dst = d;
+    return 0;
+}
+
+static int set_value(Config *c, const KeyDef *k, const char *v, const char *origin, int line,
+                     char *err, size_t errlen) {
+    char *dst = (char *)c + k->off;
+    int vi, patch;
+    switch (k->type) {
+    case T_U64:
+        if (parse_u64(v, (uint64_t *)dst) != 0)
+            return fail(err, errlen, origin, line, "%s.%s = '%s' is not a non-negative integer",
+                        k->section, k->key, v);
+        return 0;
+    case T_BOOL:
+        if (parse_bool(v, (int *)dst) != 0)
+            return fail(err, errlen, origin, line,
+                        "%s.%s = '%s' is not a boolean (true|false|1|0|yes|no)", k->section, k->key, v);
+        return 0;
+    case T_ENUM:
+        if (!enum_has(k->choices, v))
+            return fail(err, errlen, origin, line, "%s.%s = '%s' is not one of %s",
+                        k->section, k->key, v, k->choices);
+        return set_string(k, dst, v, origin, line, err, errlen);
+    case T_VARIANT:
+        if (parse_variant(v, &vi, &patch) != 0)
+            return fail(err, errlen, origin, line,
+                        "model.variant = '%s' is not Ti|S|B|L|H with an optional /patch (e.g. S/16)", v);
+        return set_string(k, dst, v, origin, line, err, errlen);
+    case T_STR:
+        return set_string(k, dst, v, origin, line, err, errlen);
+    default:
+        return set_number(k, dst, v, origin, line, err, errlen);
+    }
+}
+
+// ---------------------------------------------------------------- keys
+
+static int key_index(const char *section, const char *key) {
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(KEYS[i].section, section) == 0 && strcmp(KEYS[i].key, key) == 0) return (int)i;
+    return -1;
+}
+
+// Per-dataset fewshot.<name> keys are not part of the table yet: they are
+// refused here like any other unknown key rather than silently ignored.
+static int find_key(const char *section, const char *key, const char *origin, int line,
+                    char *err, size_t errlen) {
+    int i = key_index(section, key);
+    if (i >= 0) return i;
+    char name[256], near[128];
+    snprintf(name, sizeof name, "%s.%s", section, key);
+    bool section_known = false;
+    for (size_t j = 0; j < NKEYS; j++) section_known |= strcmp(KEYS[j].section, section) == 0;
+    if (!section_known) {
+        suggest(section, true, near, sizeof near);
+        if (near[0])
+            return fail(err, errlen, origin, line, "unknown section [%s] for key '%s' (did you mean [%s]?)",
+                        section, name, near);
+        return fail(err, errlen, origin, line, "unknown section [%s] for key '%s'", section, name);
+    }
+    suggest(name, false, near, sizeof near);
+    if (near[0])
+        return fail(err, errlen, origin, line, "unknown key '%s' (did you mean '%s'?)", name, near);
+    return fail(err, errlen, origin, line, "unknown key '%s'", name);
+}
+
+int config_set(Config *c, const char *section, const char *key, const char *value,
+               const char *origin, int line, char *err, size_t errlen) {
+    int i = find_key(section, key, origin, line, err, errlen);
+    if (i < 0) return -1;
+    return set_value(c, &KEYS[i], value, origin, line, err, errlen);
+}
+
+void config_defaults(Config *c) {
+    static const size_t type_size[] = {
+        [T_INT] = sizeof(int), [T_LONG] = sizeof(long), [T_U64] = sizeof(uint64_t),
+        [T_DOUBLE] = sizeof(double), [T_BOOL] = sizeof(int), [T_SLOTS] = sizeof(int)};
+    memset(c, 0, sizeof *c);  // padding and string tails too, so configs compare with memcmp
+    for (size_t i = 0; i < NKEYS; i++) {
+        const KeyDef *k = &KEYS[i];
+        char err[256];
+        // A table entry whose type does not match its field is a programming error.
+        SM_CHECK(k->type == T_STR || k->type == T_ENUM || k->type == T_VARIANT ||
+                     k->size == type_size[k->type],
+                 "config table: %s.%s has the wrong type for its field", k->section, k->key);
+        if (set_value(c, k, k->def, "config defaults", 0, err, sizeof err) != 0)
+            sm_die("bad default in the config table: %s", err);
+    }
+}
+
+// ---------------------------------------------------------------- files
+
+typedef struct {
+    FILE *f;
+    const char *path;
+    int lineno;    // line last handed to inih, i.e. the one its handler is seeing
+    int too_long;  // line number of a line that did not fit in inih's buffer
+} Source;
+
+typedef struct {
+    Config *c;
+    unsigned char given[NKEYS];  // keys set by a file or override: the variant must not touch them
+    char *open[MAX_DEPTH];       // real paths of the files being read, to catch include cycles
+    int depth;
+    Source *src;
+    bool failed;  // err already holds the first error; outer files must not overwrite it
+    char *err;
+    size_t errlen;
+} Loader;
+
+// fgets for inih that also counts lines, since Debian's inih is built without
+// INI_HANDLER_LINENO, and refuses lines that inih would otherwise split in two.
+static char *read_line(char *str, int num, void *stream) {
+    Source *s = stream;
+    if (!fgets(str, num, s->f)) return NULL;
+    s->lineno++;
+    size_t n = strlen(str);
+    if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(s->f)) {
+        s->too_long = s->lineno;
+        return NULL;  // ends the parse; load_file reports it
+    }
+    return str;
+}
+
+static int load_file(Loader *L, const char *path, const char *from, int fromline);
+
+// Like fail(), and marks the error as the one to report: includes unwind
+// through every outer file, which must not replace it with a vaguer one.
+__attribute__((format(printf, 4, 5)))
+static int loader_fail(Loader *L, const char *origin, int line, const char *fmt, ...) {
+    L->failed = true;
+    if (!L->err || L->errlen == 0) return -1;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return fail(L->err, L->errlen, origin, line, "%s", msg);
+}
+
+// include values are relative to the including file's directory.
+static int include_path(const char *from, const char *inc, char *out, size_t outlen) {
+    const char *slash = strrchr(from, '/');
+    int n = inc[0] == '/' || !slash ? snprintf(out, outlen, "%s", inc)
+                                    : snprintf(out, outlen, "%.*s/%s", (int)(slash - from), from, inc);
+    return n >= 0 && (size_t)n < outlen ? 0 : -1;
+}
+
+static int handle_key(Loader *L, const char *section, const char *key, const char *value) {
+    const char *file = L->src->path;
+    int line = L->src->lineno;
+    if (section[0] == '\0') {
+        char full[PATH_MAX];
+        if (strcmp(key, "include") != 0)
+            return loader_fail(L, file, line,
+                               "key '%s' comes before any [section] (only 'include = file.ini' may)", key);
+        if (include_path(file, value, full, sizeof full) != 0)
+            return loader_fail(L, file, line, "include path '%s' is too long", value);
+        return load_file(L, full, file, line);
+    }
+    int i = find_key(section, key, file, line, L->err, L->errlen);
+    if (i < 0 || set_value(L->c, &KEYS[i], value, file, line, L->err, L->errlen) != 0) {
+        L->failed = true;
+        return -1;
+    }
+    L->given[i] = 1;
+    return 0;
+}
+
+// inih's handler: nonzero means the line was fine.
+static int on_key(void *user, const char *section, const char *key, const char *value) {
+    return handle_key(user, section, key, value) == 0;
+}
+
+// Opens path and refuses it when it is already being read (an include cycle).
+static FILE *open_source(Loader *L, const char *path, const char *from, int fromline, char **real) {
+    *real = realpath(path, NULL);
+    FILE *f = *real ? fopen(path, "r") : NULL;
+    if (!f) {
+        int e = errno;
+        free(*real);
+        if (from) loader_fail(L, from, fromline, "cannot read included file '%s': %s", path, strerror(e));
+        else loader_fail(L, path, 0, "cannot read config file: %s", strerror(e));
+        return NULL;
+    }
+    for (int i = 0; i < L->depth; i++) {
+        if (strcmp(L->open[i], *real) == 0) {
+            loader_fail(L, from, fromline, "include cycle: '%s' is already being read", path);
+            fclose(f);
+            free(*real);
+            return NULL;
+        }
+    }
+    return f;
+}
+
+static int load_file(Loader *L, const char *path, const char *from, int fromline) {
+    if (L->depth == MAX_DEPTH)
+        return loader_fail(L, from, fromline, "includes nested deeper than %d files", MAX_DEPTH);
+    char *real;
+    FILE *f = open_source(L, path, from, fromline, &real);
+    if (!f) return -1;
+    Source src = {.f = f, .path = path}, *outer = L->src;
+    L->open[L->depth++] = real;
+    L->src = &src;
+    int ret = ini_parse_stream(read_line, &src, on_key, L);
+    L->src = outer;
+    free(L->open[--L->depth]);
+    bool read_error = ferror(f);
+    fclose(f);  // opened read-only: a failing close loses nothing
+    if (L->failed) return -1;
+    if (read_error) return loader_fail(L, path, src.lineno + 1, "read error");
+    if (src.too_long)
+        return loader_fail(L, path, src.too_long, "line longer than %d characters", MAX_LINE - 3);
+    if (ret != 0)  // inih met a line that is neither [section], key = value nor a comment
+        return loader_fail(L, path, ret, "syntax error (expected [section] or key = value)");
+    return 0;
+}
+
+static char *trim(char *s) {
+    while (*s == ' ' || *s == '\t') s++;
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
+    return s;
+}
+
+// "section.key=value" from the command line.
+static int apply_override(Loader *L, const char *arg) {
+    const char *origin = "command line";
+    char buf[MAX_LINE];
+    if (strlen(arg) >= sizeof buf)
+        return fail(L->err, L->errlen, origin, 0, "override too long: '%.40s...'", arg);
+    snprintf(buf, sizeof buf, "%s", arg);
+    char *eq = strchr(buf, '=');
+    char *dot = eq ? memchr(buf, '.', (size_t)(eq - buf)) : NULL;
+    if (!dot || dot == buf || dot + 1 == eq)
+        return fail(L->err, L->errlen, origin, 0,
+                    "malformed override '%s' (expected section.key=value, e.g. model.width=128)", arg);
+    *eq = '\0';
+    *dot = '\0';
+    int i = find_key(trim(buf), trim(dot + 1), origin, 0, L->err, L->errlen);
+    if (i < 0 || set_value(L->c, &KEYS[i], trim(eq + 1), origin, 0, L->err, L->errlen) != 0) return -1;
+    L->given[i] = 1;
+    return 0;
+}
+
+// The variant fills the model size, except keys given explicitly anywhere.
+static void resolve_variant(Loader *L) {
+    Config *c = L->c;
+    int vi, patch;
+    if (parse_variant(c->variant, &vi, &patch) != 0 || vi < 0) return;  // syntax checked when set
+    struct { const char *key; int *field, value; } fill[] = {
+        {"width", &c->width, VARIANTS[vi].width},       {"depth", &c->depth, VARIANTS[vi].depth},
+        {"heads", &c->heads, VARIANTS[vi].heads},       {"mlp_dim", &c->mlp_dim, VARIANTS[vi].mlp_dim},
+        {"patch", &c->patch, patch ? patch : c->patch},
+    };
+    for (size_t i = 0; i < sizeof fill / sizeof fill[0]; i++)
+        if (!L->given[key_index("model", fill[i].key)]) *fill[i].field = fill[i].value;
+}
+
+// ---------------------------------------------------------------- validation
+
+// The range of every numeric key once more: a caller may have written fields
+// directly instead of going through config_set.
+static int validate_ranges(const Config *c, const char *o, char *err, size_t errlen) {
+    for (size_t i = 0; i < NKEYS; i++) {
+        const KeyDef *k = &KEYS[i];
+        const char *p = (const char *)c + k->off;
+        double v = k->type == T_INT    ? *(const int *)p
+                 : k->type == T_LONG   ? (double)*(const long *)p
+                 : k->type == T_DOUBLE ? *(const double *)p
+                                       : k->min;  // slots 0 is "auto"; other types have no range
+        if (v < k->min)
+            return fail(err, errlen, o, 0, "%s.%s = %g must be >= %g", k->section, k->key, v, k->min);
+    }
+    return 0;
+}
+
+// The rules that tie keys together, checked once everything is resolved.
+static int validate(const Config *c, const char *o, char *err, size_t errlen) {
+    if (validate_ranges(c, o, err, errlen) != 0) return -1;
+    if (c->width % c->heads)
+        return fail(err, errlen, o, 0, "model.width = %d is not divisible by model.heads = %d",
+                    c->width, c->heads);
+    if (c->image_size % c->patch)
+        return fail(err, errlen, o, 0, "model.image_size = %d is not divisible by model.patch = %d",
+                    c->image_size, c->patch);
+    if (strcmp(c->posemb, "sincos2d") == 0 && c->width % 4)
+        return fail(err, errlen, o, 0, "model.posemb = sincos2d needs model.width (%d) divisible by 4",
+                    c->width);
+    if (c->capacity_factor <= 0)
+        return fail(err, errlen, o, 0, "moe.capacity_factor = %g must be > 0", c->capacity_factor);
+    if (c->b1 >= 1 || c->b2 >= 1)
+        return fail(err, errlen, o, 0, "optim.b1 = %g and optim.b2 = %g must be < 1", c->b1, c->b2);
+    if (c->eps <= 0) return fail(err, errlen, o, 0, "optim.eps = %g must be > 0", c->eps);
+    if (c->timescale <= 0)
+        return fail(err, errlen, o, 0, "schedule.timescale = %g must be > 0", c->timescale);
+    if (c->cooldown_steps > c->steps)
+        return fail(err, errlen, o, 0, "schedule.cooldown_steps = %ld exceeds train.steps = %ld",
+                    c->cooldown_steps, c->steps);
+    if (c->steps > 0 && c->warmup_steps > c->steps)
+        return fail(err, errlen, o, 0, "schedule.warmup_steps = %ld exceeds train.steps = %ld",
+                    c->warmup_steps, c->steps);
+    return 0;
+}
+
+static void inih_setup(void) {
+    // Debian's libinih exposes its build options as globals. Its defaults would
+    // split lines over 200 bytes (long shard lists) into two, read indented
+    // lines as continuations of the previous value, and carry on past errors
+    // so the reported line would not be the first bad one.
+    static char inline_comments[] = ";#";
+    ini_max_line = MAX_LINE;
+    ini_allow_multiline = false;
+    ini_stop_on_first_error = true;
+    ini_inline_comment_prefixes = inline_comments;
+}
+
+int config_load(Config *c, const char *path, int noverrides, char **overrides,
+                char *err, size_t errlen) {
+    config_defaults(c);
+    Loader L = {.c = c, .err = err, .errlen = errlen};
+    inih_setup();
+    if (path && load_file(&L, path, NULL, 0) != 0) return -1;
+    for (int i = 0; i < noverrides; i++)
+        if (apply_override(&L, overrides[i]) != 0) return -1;
+    resolve_variant(&L);
+    return validate(c, path ? path : "command line", err, errlen);
+}
+
+// ---------------------------------------------------------------- writing
+
+typedef struct { char *buf; size_t cap, len; } Out;
+
+// Appends like snprintf: counts what it would need even when buf is full.
+__attribute__((format(printf, 2, 3)))
+static void out_printf(Out *o, const char *fmt, ...) {
+    size_t room = o->len < o->cap ? o->cap - o->len : 0;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(room ? o->buf + o->len : NULL, room, fmt, ap);
+    va_end(ap);
+    if (n > 0) o->len += (size_t)n;
+}
+
+// Shortest %g form that reads back to the same double, so 0.9 stays "0.9";
+// whole numbers in full, so a timescale reads "10000" rather than "1e+04".
+static void format_double(double v, char *out, size_t outlen) {
+    if (v == floor(v) && fabs(v) < 1e15) {
+        snprintf(out, outlen, "%.0f", v);
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, outlen, "%.*g", prec, v);
+        if (strtod(out, NULL) == v) return;
+    }
+}
+
+static void format_value(const Config *c, const KeyDef *k, char *out, size_t outlen) {
+    const char *p = (const char *)c + k->off;
+    switch (k->type) {
+    case T_INT: snprintf(out, outlen, "%d", *(const int *)p); break;
+    case T_LONG: snprintf(out, outlen, "%ld", *(const long *)p); break;
+    case T_U64: snprintf(out, outlen, "%" PRIu64, *(const uint64_t *)p); break;
+    case T_DOUBLE: format_double(*(const double *)p, out, outlen); break;
+    case T_BOOL: snprintf(out, outlen, "%s", *(const int *)p ? "true" : "false"); break;
+    case T_SLOTS:
+        if (*(const int *)p == 0) snprintf(out, outlen, "auto");
+        else snprintf(out, outlen, "%d", *(const int *)p);
+        break;
+    default: snprintf(out, outlen, "%s", p); break;
+    }
+}
+
+size_t config_to_ini(const Config *c, char *buf, size_t buflen) {
+    Out o = {buf, buflen, 0};
+    if (buf && buflen) buf[0] = '\0';
+    out_printf(&o, "; softmoe resolved config: every key, as the run used it\n");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const KeyDef *k = &KEYS[i];
+        char value[CFG_PATH + 64];
+        if (i == 0 || strcmp(k->section, KEYS[i - 1].section) != 0)
+            out_printf(&o, "%s[%s]\n", i ? "\n" : "", k->section);
+        format_value(c, k, value, sizeof value);
+        out_printf(&o, "%s =%s%s\n", k->key, value[0] ? " " : "", value);
+    }
+    return o.len;
+}
+
+int config_write(const Config *c, const char *path) {
+    size_t n = config_to_ini(c, NULL, 0);
+    char *text = sm_malloc(n + 1);
+    config_to_ini(c, text, n + 1);
+    FILE *f = fopen(path, "w");
+    int rc = f ? 0 : -1;
+    if (f && fwrite(text, 1, n, f) != n) rc = -1;
+    int saved = errno;
+    if (f && fclose(f) != 0 && rc == 0) rc = -1, saved = errno;
+    free(text);
+    errno = saved;
+    return rc;
+}

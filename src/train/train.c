@@ -1,0 +1,151 @@
+// The training loop (see train.h). Everything is allocated before step 0.
+#include "train.h"
+
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../core/common.h"
+#include "../data/synthetic.h"
+#include "../model/vit.h"
+#include "../optim/optim.h"
+
+// The held-out split of the synthetic task lives far from the train indices.
+#define SYN_VAL_OFFSET (1ULL << 40)
+
+typedef struct {
+    Vit m;
+    float *opt_m, *opt_v, *wd;
+    float *images, *targets;
+    int *labels;
+    int B;
+} Trainer;
+
+static void trainer_setup(Trainer *t, const Config *c) {
+    memset(t, 0, sizeof *t);
+    t->B = c->batch_size;
+    vit_build(&t->m, c);
+    vit_alloc(&t->m, t->B);
+    vit_init(&t->m, c->seed);
+    size_t n = t->m.pt.total;
+    t->opt_m = sm_aligned(n * sizeof(float));
+    t->opt_v = sm_aligned(n * sizeof(float));
+    memset(t->opt_m, 0, n * sizeof(float));
+    memset(t->opt_v, 0, n * sizeof(float));
+    WdRule rules[WD_MAX_RULES];
+    char err[512];
+    int nr = wd_parse(c->wd, rules, WD_MAX_RULES, err, sizeof err);
+    if (nr < 0) sm_die("%s", err);
+    t->wd = sm_malloc((size_t)t->m.pt.n * sizeof(float));
+    wd_per_tensor(rules, nr, &t->m.pt, t->wd);
+    const VitDims *d = &t->m.d;
+    t->images = sm_aligned((size_t)t->B * d->S * d->S * d->C * sizeof(float));
+    t->targets = sm_aligned((size_t)t->B * d->K * sizeof(float));
+    t->labels = sm_malloc((size_t)t->B * sizeof(int));
+}
+
+static void trainer_free(Trainer *t) {
+    vit_free(&t->m);
+    free(t->opt_m); free(t->opt_v); free(t->wd);
+    free(t->images); free(t->targets); free(t->labels);
+}
+
+// prec@1 and mean loss over n held-out synthetic images.
+static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *loss) {
+    const VitDims *d = &t->m.d;
+    long correct = 0, seen = 0;
+    double lsum = 0;
+    for (int i = 0; i < n; i += t->B) {
+        int B = n - i < t->B ? n - i : t->B;
+        synthetic_batch(t->images, t->targets, t->labels, B, d->S, d->C, d->K, c->seed,
+                        SYN_VAL_OFFSET + (uint64_t)i);
+        lsum += vit_forward(&t->m, t->images, t->targets, B) * B;
+        for (int b = 0; b < B; b++) {
+            const float *z = t->m.a.logits + (size_t)b * d->K;
+            int best = 0;
+            for (int k = 1; k < d->K; k++) best = z[k] > z[best] ? k : best;
+            correct += best == t->labels[b];
+        }
+        seen += B;
+    }
+    *prec1 = (double)correct / (double)seen;
+    *loss = lsum / (double)seen;
+}
+
+static void progress(long step, long steps, double loss, double lr, double ips, double wait,
+                     double eta, int tty) {
+    char e[32];
+    sm_fmt_duration(eta, e, sizeof e);
+    fprintf(stderr, "%sstep %ld/%ld | loss %.4f | lr %.2e | %.1f img/s | data %.1f%% | ETA %s%s",
+            tty ? "\r\033[K" : "", step, steps, loss, lr, ips, 100.0 * wait, e, tty ? "" : "\n");
+    fflush(stderr);
+}
+
+void train_run(const Config *c, int quiet, TrainResult *res) {
+    memset(res, 0, sizeof *res);
+    sm_mkdirs(c->workdir);
+    char path[CFG_PATH + 64];
+    snprintf(path, sizeof path, "%s/config.ini", c->workdir);
+    if (config_write(c, path) != 0) sm_die("cannot write the resolved config to '%s'", path);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", c->workdir);
+    FILE *mf = sm_fopen(path, "w");
+
+    Trainer t;
+    trainer_setup(&t, c);
+    const VitDims *d = &t.m.d;
+    const size_t n = t.m.pt.total;
+    const int tty = isatty(2) && !quiet;
+    double t0 = sm_now(), tlog = t0, wait = 0, wait_log = 0, win_loss = 0;
+    int win = 0;
+    if (!quiet)
+        fprintf(stderr, "softmoe: training %s for %ld steps, batch %d, %.2fM params, %s\n",
+                c->workdir, c->steps, t.B, (double)n / 1e6, c->source);
+    for (long step = 0; step < c->steps; step++) {
+        double td = sm_now();
+        synthetic_batch(t.images, t.targets, NULL, t.B, d->S, d->C, d->K, c->seed,
+                        (uint64_t)step * (uint64_t)t.B);
+        wait += sm_now() - td;
+        vit_zero_grad(&t.m);
+        double loss = vit_forward(&t.m, t.images, t.targets, t.B);
+        if (!isfinite(loss))
+            sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the data)",
+                   loss, step + 1);
+        vit_backward(&t.m, t.images, t.targets, t.B);
+        double gnorm = clip_global_norm(t.m.grads, n, c->clip);
+        if (!isfinite(gnorm))
+            sm_die("gradient norm is %g at step %ld: training diverged", gnorm, step + 1);
+        double lr = sched_lr(c, step);
+        adam_update(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1, c->b2,
+                    c->eps, step + 1);
+        win_loss += loss, win++;
+        if (step == 0) res->first_loss = loss;
+        int last = step + 1 == c->steps;
+        if ((step + 1) % c->log_every == 0 || last) {
+            double now = sm_now(), dt = now - tlog;
+            double ips = win * t.B / dt, wfrac = (wait - wait_log) / dt;
+            double mean = win_loss / win;
+            double eta = (now - t0) / (step + 1) * (c->steps - step - 1);
+            double pnorm = l2_norm(t.m.params, n);
+            fprintf(mf,
+                    "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"img_per_s\": %.4g, "
+                    "\"l2_grads\": %.6g, \"l2_params\": %.6g, \"data_wait\": %.4g}\n",
+                    step + 1, mean, lr, ips, gnorm, pnorm, wfrac);
+            fflush(mf);
+            if (!quiet) progress(step + 1, c->steps, mean, lr, ips, wfrac, eta, tty);
+            res->last_loss = mean;
+            res->img_per_s = ips;
+            tlog = now, wait_log = wait, win_loss = 0, win = 0;
+        }
+        res->steps_done = step + 1;
+    }
+    if (tty) fputc('\n', stderr);
+    evaluate(&t, c, 1024, &res->val_prec1, &res->val_loss);
+    fprintf(mf, "{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", res->steps_done,
+            res->val_prec1, res->val_loss);
+    if (ferror(mf)) sm_die("writing metrics to '%s' failed", path);
+    sm_fclose(mf, path);
+    if (!quiet)
+        fprintf(stderr, "softmoe: done, %ld steps in %.1fs; val prec@1 %.4f, val loss %.4f\n",
+                res->steps_done, sm_now() - t0, res->val_prec1, res->val_loss);
+    trainer_free(&t);
+}

@@ -1,0 +1,15 @@
+// The training loop: batch -> forward -> backward -> clip -> Adam update,
+// with a progress line on stderr and metrics.jsonl in the workdir.
+#pragma once
+#include "../core/config.h"
+
+typedef struct {
+    double first_loss, last_loss;  // mean loss of the first / last logged window
+    double val_prec1, val_loss;    // held-out evaluation at the end
+    double img_per_s;
+    long steps_done;
+} TrainResult;
+
+// Runs the configured training; dies with a clear message on NaN/Inf or I/O
+// errors. quiet suppresses the progress lines (tests).
+void train_run(const Config *c, int quiet, TrainResult *res);
