@@ -93,13 +93,10 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Isrc $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS) $(CHECK_LIBS)
 
-# Tests run one executable per module; BLAS is kept to one thread per process
-# so the run is repeatable and fits on 2 cores.
+# Tests: one executable per module plus shell tests of the command, summed
+# into one closing line by scripts/run-tests.sh.
 test: found $(BIN) $(TESTS)
-	@fail=0; for t in $(TESTS); do \
-	  echo "== $$t"; OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=2 CK_DEFAULT_TIMEOUT=600 $$t || fail=1; done; \
-	  for s in tests/test_*.sh; do echo "== $$s"; sh $$s $(BIN) || fail=1; done; \
-	  if [ $$fail = 0 ]; then echo "all tests passed"; else echo "SOME TESTS FAILED"; exit 1; fi
+	@sh scripts/run-tests.sh $(BIN) $(TESTS)
 
 train: found $(BIN)
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)

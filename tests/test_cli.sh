@@ -1,0 +1,67 @@
+#!/bin/sh
+# The softmoe command as a user meets it: config errors stop before any work
+# with the file, line and key named; params reproduces the paper's ViT-S/16
+# count; a diverging run stops naming the step. Usage: sh tests/test_cli.sh build/softmoe
+set -u
+BIN=${1:-build/softmoe}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# expect_fail NAME PATTERN CMD...: CMD exits non-zero and stderr matches PATTERN
+expect_fail() {
+    name=$1; pat=$2; shift 2
+    if "$@" >"$T/out" 2>"$T/err"; then bad "$name: exited 0"; return; fi
+    if grep -q -- "$pat" "$T/err"; then ok; else bad "$name: stderr lacks '$pat':"; cat "$T/err"; fi
+}
+
+cat >"$T/base.ini" <<'INI'
+[model]
+width = 32
+depth = 2
+heads = 2
+mlp_dim = 64
+image_size = 16
+patch = 4
+channels = 1
+classes = 4
+[train]
+batch_size = 8
+steps = 5
+[schedule]
+warmup_steps = 2
+INI
+printf 'include = base.ini\n[model]\nwidht = 48\n' >"$T/typo.ini"
+printf 'include = base.ini\n[model]\npool = avg\n' >"$T/badval.ini"
+printf 'include = missing.ini\n' >"$T/noinc.ini"
+printf 'include = base.ini\n[modle]\nwidth = 1\n' >"$T/badsec.ini"
+
+expect_fail "unknown key" "typo.ini:3: unknown key 'model.widht' (did you mean 'model.width'?)" \
+    "$BIN" train "$T/typo.ini" train.workdir="$T/w1"
+[ -e "$T/w1" ] && bad "unknown key: workdir was created before the error" || ok
+expect_fail "bad value" "badval.ini:3.*model.pool" "$BIN" params "$T/badval.ini"
+expect_fail "missing include" "noinc.ini:1.*missing.ini" "$BIN" params "$T/noinc.ini"
+expect_fail "unknown section" "badsec.ini:3.*modle" "$BIN" params "$T/badsec.ini"
+expect_fail "bad override" "model.depth" "$BIN" params "$T/base.ini" model.depth=two
+expect_fail "unknown override" "optim.lrr" "$BIN" params "$T/base.ini" optim.lrr=1
+expect_fail "no config" "needs a config" "$BIN" train
+expect_fail "missing config" "nope.ini" "$BIN" params "$T/nope.ini"
+
+# ViT-S/16 with JFT's 29,593 classes: 33,058,201 parameters (the paper's count)
+"$BIN" params configs/vit_s16.ini model.classes=29593 model.loss=sigmoid_xent >"$T/p" 2>&1
+if grep -qx "params: 33058201" "$T/p"; then ok; else bad "ViT-S/16 params:"; cat "$T/p"; fi
+
+# a diverging run stops with the step named, and says so on stderr
+expect_fail "divergence" "at step [0-9]" "$BIN" train "$T/base.ini" optim.lr=1e30 optim.clip=0 \
+    schedule.warmup_steps=0 train.workdir="$T/w2"
+
+# a short real run writes config.ini and metrics.jsonl
+if "$BIN" train "$T/base.ini" train.workdir="$T/w3" >"$T/out" 2>"$T/err" \
+   && [ -s "$T/w3/config.ini" ] && [ "$(grep -c '"loss"' "$T/w3/metrics.jsonl")" -ge 1 ]; then ok
+else bad "short run"; cat "$T/err"; fi
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]
