@@ -65,7 +65,7 @@ static inline float fast_expf(float x) {
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f +
               r * (0.008333334f + r * 0.0013888889f)))));
     union { float f; int32_t i; } u = {.f = p};
-    u.i += (int32_t)n << 23;
+    u.i += (int32_t)((uint32_t)(int32_t)n << 23);  // unsigned shift: n may be negative
     return u.f;
 }
 
