@@ -105,6 +105,18 @@ START_TEST(test_gelu) {
     gelu_forward(o, v, 2);
     ck_assert_float_eq_tol(o[0], 0.0f, 1e-7f);
     ck_assert_float_eq_tol(o[1], 0.841192f, 1e-5f);
+    // the vectorised exp inside must track the tanh formula over the range
+    // activations take, to float precision (and saturate without NaN)
+    enum { NS = 4001 };
+    static float xs[NS], gs[NS];
+    for (int i = 0; i < NS; i++) xs[i] = -20.0f + 40.0f * i / (NS - 1);
+    gelu_forward(gs, xs, NS);
+    for (int i = 0; i < NS; i++) {
+        double x = xs[i];
+        double ref = 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+        ck_assert_msg(fabs(gs[i] - ref) <= 2e-6 * fmax(1.0, fabs(x)), "gelu(%g) = %g, want %g",
+                      x, gs[i], ref);
+    }
 }
 END_TEST
 
