@@ -38,9 +38,13 @@ static double model_loss(void *p) {
     return vit_forward(c->m, c->img, c->tgt, c->B);
 }
 
-static void check_model(const char *pool, const char *posemb, int qk, const char *loss) {
+static void check_model_moe(const char *pool, const char *posemb, int qk, const char *loss,
+                            int experts, const char *layers) {
     Config cfg;
     tiny_config(&cfg, pool, posemb, qk, loss);
+    cfg.experts = experts, cfg.slots = 2, cfg.shared_init = 0;
+    snprintf(cfg.layers, sizeof cfg.layers, "%s", layers);
+    snprintf(cfg.router, sizeof cfg.router, "soft");
     Vit m;
     vit_build(&m, &cfg);
     const int B = 3;
@@ -68,7 +72,15 @@ static void check_model(const char *pool, const char *posemb, int qk, const char
     vit_free(&m);
 }
 
+static void check_model(const char *pool, const char *posemb, int qk, const char *loss) {
+    check_model_moe(pool, posemb, qk, loss, 0, "last_half");
+}
+
 START_TEST(test_fd_gap) { check_model("gap", "learn", 0, "softmax_xent"); }
+END_TEST
+START_TEST(test_fd_moe) { check_model_moe("gap", "learn", 0, "softmax_xent", 3, "last_half"); }
+END_TEST
+START_TEST(test_fd_moe_all) { check_model_moe("map", "sincos2d", 1, "sigmoid_xent", 5, "every:1"); }
 END_TEST
 START_TEST(test_fd_tok_qk) { check_model("tok", "sincos2d", 1, "sigmoid_xent"); }
 END_TEST
@@ -142,6 +154,8 @@ static Suite *vit_suite(void) {
     TCase *t = tcase_create("model");
     tcase_set_timeout(t, 300);
     tcase_add_test(t, test_fd_gap);
+    tcase_add_test(t, test_fd_moe);
+    tcase_add_test(t, test_fd_moe_all);
     tcase_add_test(t, test_fd_tok_qk);
     tcase_add_test(t, test_fd_map_qk);
     tcase_add_test(t, test_fd_map);

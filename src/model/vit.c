@@ -60,7 +60,79 @@ static void add_mlp(ParamTable *pt, const char *pre, int D, int M) {
     add(pt, n, INIT_NORMAL, 1e-6f, 0, 0, 1, D, 0, 0, 0);
 }
 
+// moe.layers -> mask over the L blocks: last_half, last:K, every:K, or "6,7,8".
+static int parse_layers(const char *spec, int L, unsigned char *mask, char *err, size_t n) {
+    memset(mask, 0, (size_t)L);
+    char *end;
+    if (!strcmp(spec, "last_half")) {
+        for (int l = L - L / 2; l < L; l++) mask[l] = 1;
+        return 0;
+    }
+    if (!strncmp(spec, "last:", 5) || !strncmp(spec, "every:", 6)) {
+        int every = spec[0] == 'e';
+        long k = strtol(spec + (every ? 6 : 5), &end, 10);
+        if (*end || k < 1 || k > L) {
+            snprintf(err, n, "moe.layers = %s: K must be an integer in 1..%d (model.depth)", spec, L);
+            return -1;
+        }
+        for (int l = 0; l < L; l++) mask[l] = every ? (l + 1) % k == 0 : l >= L - k;
+        return 0;
+    }
+    for (const char *p = spec; *p;) {
+        long l = strtol(p, &end, 10);
+        if (end == p || l < 0 || l >= L || (*end && *end != ',')) {
+            snprintf(err, n, "moe.layers = %s: expected last_half, last:K, every:K or a list of "
+                     "block indices in 0..%d", spec, L - 1);
+            return -1;
+        }
+        mask[l] = 1;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+int vit_check_config(const Config *c, char *err, size_t n) {
+    if (c->depth > VIT_MAX_DEPTH) {
+        snprintf(err, n, "model.depth = %d exceeds %d", c->depth, VIT_MAX_DEPTH);
+        return -1;
+    }
+    if (c->experts == 0) return 0;
+    if (strcmp(c->router, "soft")) {
+        snprintf(err, n, "moe.router = %s: only the soft router is implemented; the sparse "
+                 "baselines (tokens_choice, experts_choice) are not yet", c->router);
+        return -1;
+    }
+    unsigned char mask[VIT_MAX_DEPTH];
+    return parse_layers(c->layers, c->depth, mask, err, n);
+}
+
+// Soft MoE parameters of block l (vmoe names; experts stacked on a leading E axis).
+static void add_moe(ParamTable *pt, int l, const VitDims *d) {
+    char n[PARAM_NAME];
+    const int E = d->E, D = d->D, M = d->M;
+    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/mu", l);
+    // flax lecun_normal on (D,E,P): fan_in = D*E
+    add(pt, n, INIT_LECUN_NORMAL, 0, D * E, 0, 3, D, E, d->EP, 0);
+    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/scale", l);
+    add(pt, n, INIT_ONES, 0, 0, 0, 0, 0, 0, 0, 0);
+    int k;
+    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_0/kernel", l);
+    k = add(pt, n, INIT_XAVIER_UNIFORM, 0, D, M, 3, E, D, M, 0);
+    pt->t[k].n_stack = E;
+    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_0/bias", l);
+    k = add(pt, n, INIT_NORMAL, 1e-6f, 0, 0, 2, E, M, 0, 0);
+    pt->t[k].n_stack = E;
+    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_1/kernel", l);
+    k = add(pt, n, INIT_XAVIER_UNIFORM, 0, M, D, 3, E, M, D, 0);
+    pt->t[k].n_stack = E;
+    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_1/bias", l);
+    k = add(pt, n, INIT_NORMAL, 1e-6f, 0, 0, 2, E, D, 0, 0);
+    pt->t[k].n_stack = E;
+}
+
 void vit_build(Vit *m, const Config *c) {
+    char err[512];
+    if (vit_check_config(c, err, sizeof err) != 0) sm_die("%s", err);
     memset(m, 0, sizeof *m);
     VitDims *d = &m->d;
     d->S = c->image_size, d->C = c->channels, d->P = c->patch, d->G = d->S / d->P;
@@ -72,6 +144,16 @@ void vit_build(Vit *m, const Config *c) {
     d->learn_pos = !strcmp(c->posemb, "learn");
     d->qk_norm = c->qk_norm;
     d->loss = !strcmp(c->loss, "sigmoid_xent") ? LOSS_SIGMOID_XENT : LOSS_SOFTMAX_XENT;
+    if (c->experts > 0) {
+        d->E = c->experts;
+        // slots = auto: P = round(N * capacity_factor / E), at least 1
+        d->EP = c->slots > 0 ? c->slots : (int)lround(d->N * c->capacity_factor / d->E);
+        d->EP = d->EP < 1 ? 1 : d->EP;
+        d->ES = d->E * d->EP;
+        d->shared_init = c->shared_init;
+        parse_layers(c->layers, d->L, d->is_moe, err, sizeof err);
+        for (int l = 0; l < d->L; l++) d->n_moe += d->is_moe[l];
+    }
 
     ParamTable *pt = &m->pt;
     ptable_init(pt);
@@ -91,7 +173,8 @@ void vit_build(Vit *m, const Config *c) {
         snprintf(pre, sizeof pre, "Encoder/encoderblock_%d/LayerNorm_1", l);
         add_layernorm(pt, pre, d->D);
         snprintf(pre, sizeof pre, "Encoder/encoderblock_%d/Mlp", l);
-        add_mlp(pt, pre, d->D, d->M);
+        if (d->is_moe[l]) add_moe(pt, l, d);
+        else add_mlp(pt, pre, d->D, d->M);
     }
     add_layernorm(pt, "Encoder/encoder_norm", d->D);
     if (d->pool == POOL_MAP) {
@@ -142,6 +225,9 @@ static void bind(Vit *m, float *base, VitW *w) {
         P_(qln_s, "SelfAttention/query_ln/scale"); P_(kln_s, "SelfAttention/key_ln/scale");
         P_(w1, "Mlp/Dense_0/kernel"); P_(b1, "Mlp/Dense_0/bias");
         P_(w2, "Mlp/Dense_1/kernel"); P_(b2, "Mlp/Dense_1/bias");
+        P_(moe.mu, "Moe/Router/mu"); P_(moe.scale, "Moe/Router/scale");
+        P_(moe.w1, "Moe/Mlp/Dense_0/kernel"); P_(moe.b1, "Moe/Mlp/Dense_0/bias");
+        P_(moe.w2, "Moe/Mlp/Dense_1/kernel"); P_(moe.b2, "Moe/Mlp/Dense_1/bias");
 #undef P_
         snprintf(n, sizeof n, "Encoder/encoderblock_%d/SelfAttention", l);
         bind_attention(m, base, n, &b->wq, &b->bq, &b->wk, &b->bk, &b->wv, &b->bv, &b->wo, &b->bo);
@@ -169,6 +255,7 @@ static size_t carve(Vit *m, float *base, int B) {
     const size_t BN = (size_t)B * d->N, BND = BN * d->D, BNM = BN * d->M;
 #define TAKE(p, n) (p = base ? base + off : NULL, off += ((size_t)(n) + 15) / 16 * 16)
     VitActs *a = &m->a;
+    const MoeDims md = {B, d->N, d->D, d->M, d->E, d->EP};
     TAKE(a->patches, (size_t)B * d->Np * d->P * d->P * d->C);
     TAKE(a->emb, (size_t)B * d->Np * d->D);
     for (int l = 0; l < d->L; l++) {
@@ -184,7 +271,13 @@ static size_t carve(Vit *m, float *base, int B) {
         TAKE(k->att, BN * d->H * d->N);
         TAKE(k->ao, BND); TAKE(k->xm, BND);
         TAKE(k->ln1, BND); TAKE(k->ln1_mean, BN); TAKE(k->ln1_rstd, BN);
-        TAKE(k->h, BNM); TAKE(k->hg, BNM);
+        if (d->is_moe[l]) {
+            size_t nf = softmoe_acts_floats(md);
+            if (base) softmoe_acts_carve(&k->moe, base + off, md);
+            off += nf;
+        } else {
+            TAKE(k->h, BNM); TAKE(k->hg, BNM);
+        }
     }
     TAKE(a->xL, BND);
     TAKE(a->enc, BND); TAKE(a->enc_mean, BN); TAKE(a->enc_rstd, BN);
@@ -207,6 +300,11 @@ static size_t carve(Vit *m, float *base, int B) {
     TAKE(a->dh, BNM); TAKE(a->dhg, BNM);
     TAKE(a->dpooled, (size_t)B * d->D);
     TAKE(a->dlogits, (size_t)B * d->K);
+    if (d->n_moe) {
+        size_t nf = softmoe_scratch_floats(md);
+        if (base) softmoe_scratch_carve(&a->moe, base + off, md);
+        off += nf;
+    }
 #undef TAKE
     return off;
 }
@@ -239,8 +337,12 @@ void vit_free(Vit *m) {
 
 void vit_zero_grad(Vit *m) { memset(m->grads, 0, m->pt.total * sizeof(float)); }
 
-static void init_tensor(float *p, const ParamSpec *s, Rng *r) {
-    for (size_t i = 0; i < s->numel; i++) {
+static void init_tensor(float *p, const ParamSpec *s, Rng *r, int shared) {
+    // Stacked experts (E, ...): with shared init (vmoe's default) draw one
+    // expert and copy it; otherwise each expert gets its own draws.
+    size_t n = s->numel;
+    if (s->n_stack > 1 && shared) n /= (size_t)s->n_stack;
+    for (size_t i = 0; i < n; i++) {
         float v = 0.0f;
         switch (s->init) {
         case INIT_ZEROS: v = 0.0f; break;
@@ -259,6 +361,7 @@ static void init_tensor(float *p, const ParamSpec *s, Rng *r) {
         }
         p[i] = v;
     }
+    for (size_t i = n; i < s->numel; i++) p[i] = p[i % n];
 }
 
 void vit_init(Vit *m, uint64_t seed) {
@@ -266,17 +369,19 @@ void vit_init(Vit *m, uint64_t seed) {
     for (int i = 0; i < m->pt.n; i++) {
         Rng r;
         rng_seed(&r, seed, (uint64_t)i + 1);
-        init_tensor(m->params + m->pt.t[i].offset, &m->pt.t[i], &r);
+        init_tensor(m->params + m->pt.t[i].offset, &m->pt.t[i], &r, m->d.shared_init);
     }
 }
 
 double vit_flops_per_image(const VitDims *d) {
     double N = d->N, D = d->D, M = d->M;
     double f = 2.0 * d->Np * (double)(d->P * d->P * d->C) * D;          // patch embedding
-    double block = 2.0 * N * D * D * 4                                  // q k v out
-                   + 2.0 * N * N * D * 2                                // q k^T, att v
-                   + 2.0 * N * D * M * 2;                               // mlp
-    f += d->L * block;
+    double attn = 2.0 * N * D * D * 4                                   // q k v out
+                  + 2.0 * N * N * D * 2;                                // q k^T, att v
+    double mlp = 2.0 * N * D * M * 2;
+    // Soft MoE: logits, dispatch and combine (N x S x D each), experts on S slots
+    double moe = 2.0 * N * D * d->ES * 3 + 2.0 * d->ES * D * M * 2;
+    f += d->L * attn + (d->L - d->n_moe) * mlp + d->n_moe * moe;
     if (d->pool == POOL_MAP)
         f += 2.0 * D * D * 2 + 2.0 * N * D * D * 2 + 2.0 * N * D * 2 + 2.0 * D * M * 2;
     f += 2.0 * D * d->K;                                                // head

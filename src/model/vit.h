@@ -6,14 +6,20 @@
 
 #include "../core/config.h"
 #include "params.h"
+#include "softmoe.h"
 
 enum { POOL_GAP = 0, POOL_TOK = 1, POOL_MAP = 2 };
+#define VIT_MAX_DEPTH 256
 
 typedef struct {
     int S, C, P, G;   // image size, channels, patch, grid G = S/P
     int Np, N;        // patches, tokens (Np + 1 with a cls token)
     int D, H, Dh, M, L, K;
     int pool, learn_pos, qk_norm, loss;
+    int E, EP, ES;                   // experts E, slots per expert P, all slots S = E*P (E = 0: dense)
+    int shared_init;                 // all experts start equal
+    int n_moe;                       // number of Soft MoE blocks
+    unsigned char is_moe[VIT_MAX_DEPTH];
 } VitDims;
 
 // Pointers into the parameter (or gradient) block; NULL when absent.
@@ -23,7 +29,8 @@ typedef struct {
     float *qln_s, *kln_s;            // (Dh), qk_norm only
     float *wo, *bo;                  // (H,Dh,D), (D)
     float *ln1_s, *ln1_b;            // (D)
-    float *w1, *b1, *w2, *b2;        // (D,M) (M) (M,D) (D)
+    float *w1, *b1, *w2, *b2;        // (D,M) (M) (M,D) (D), dense blocks
+    MoeW moe;                        // Soft MoE blocks instead of w1..b2
 } BlockW;
 
 typedef struct {
@@ -54,7 +61,8 @@ typedef struct {
     float *ao;                       // attention output before the projection
     float *xm;                       // x + attention branch
     float *ln1, *ln1_mean, *ln1_rstd;
-    float *h, *hg;                   // (B,N,M) before / after gelu
+    float *h, *hg;                   // (B,N,M) before / after gelu, dense blocks
+    MoeActs moe;                     // Soft MoE blocks
 } BlockActs;
 
 typedef struct {
@@ -75,6 +83,7 @@ typedef struct {
     float *dx, *dln, *dq, *dk, *dv, *dqr, *dkr, *dao, *datt, *dh, *dhg;
     float *dmap_small;               // (B,M + 6D) for the MAP head
     float *dpooled, *dlogits;
+    MoeScratch moe;                  // shared by the Soft MoE blocks
 } VitActs;
 
 typedef struct {
@@ -89,7 +98,11 @@ typedef struct {
     float *posemb_fixed;             // (Np,D) for sincos2d
 } Vit;
 
-// Derives dimensions and the parameter table from the config (no weights).
+// Checks the model keys the config loader cannot judge alone (moe.layers,
+// moe.router, slots); returns 0, or -1 with a message naming the key.
+int vit_check_config(const Config *c, char *err, size_t errlen);
+// Derives dimensions and the parameter table from the config (no weights);
+// dies with vit_check_config's message on a bad config.
 void vit_build(Vit *m, const Config *c);
 // Allocates params, grads and activations for batches of up to B images.
 void vit_alloc(Vit *m, int B);

@@ -43,9 +43,14 @@ static void block_forward(Vit *m, int l, int B, float *out) {
     memcpy(k->xm, k->x, (size_t)BN * D * sizeof(float));
     dense_forward(k->xm, k->ao, w->wo, w->bo, BN, D, D, 1);
     layernorm_forward(k->ln1, k->ln1_mean, k->ln1_rstd, k->xm, w->ln1_s, w->ln1_b, BN, D);
+    memcpy(out, k->xm, (size_t)BN * D * sizeof(float));
+    if (d->is_moe[l]) {
+        MoeDims md = {B, d->N, D, d->M, d->E, d->EP};
+        softmoe_forward(out, &k->moe, &m->a.moe, k->ln1, &w->moe, md, 1);
+        return;
+    }
     dense_forward(k->h, k->ln1, w->w1, w->b1, BN, D, d->M, 0);
     gelu_forward(k->hg, k->h, (size_t)BN * d->M);
-    memcpy(out, k->xm, (size_t)BN * D * sizeof(float));
     dense_forward(out, k->hg, w->w2, w->b2, BN, d->M, D, 1);
 }
 
@@ -124,13 +129,19 @@ static void block_backward(Vit *m, int l, int B) {
     VitActs *a = &m->a;
     const int BN = B * d->N, D = d->D, M = d->M;
     const size_t BND = (size_t)BN * D, BNM = (size_t)BN * M;
-    // MLP branch: out = xm + gelu(ln1 @ w1 + b1) @ w2 + b2
-    zero(a->dhg, BNM);
-    dense_backward(a->dhg, g->w2, g->b2, a->dx, k->hg, w->w2, BN, M, D);
-    zero(a->dh, BNM);
-    gelu_backward(a->dh, a->dhg, k->h, BNM);
     zero(a->dln, BND);
-    dense_backward(a->dln, g->w1, g->b1, a->dh, k->ln1, w->w1, BN, D, M);
+    if (d->is_moe[l]) {
+        // Soft MoE branch: out = xm + SoftMoE(ln1)
+        MoeDims md = {B, d->N, D, M, d->E, d->EP};
+        softmoe_backward(a->dln, &g->moe, &a->moe, a->dx, &k->moe, k->ln1, &w->moe, md);
+    } else {
+        // MLP branch: out = xm + gelu(ln1 @ w1 + b1) @ w2 + b2
+        zero(a->dhg, BNM);
+        dense_backward(a->dhg, g->w2, g->b2, a->dx, k->hg, w->w2, BN, M, D);
+        zero(a->dh, BNM);
+        gelu_backward(a->dh, a->dhg, k->h, BNM);
+        dense_backward(a->dln, g->w1, g->b1, a->dh, k->ln1, w->w1, BN, D, M);
+    }
     layernorm_backward(a->dx, g->ln1_s, g->ln1_b, a->dln, k->xm, w->ln1_s, k->ln1_mean,
                        k->ln1_rstd, BN, D);
     // attention branch: xm = x + attention(ln0) @ wo + bo

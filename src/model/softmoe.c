@@ -1,0 +1,245 @@
+// Soft MoE forward and backward (see softmoe.h for the maths and layouts).
+// Per-image products run in parallel over images with BLAS single-threaded
+// inside the region; the experts run in parallel over experts.
+#include "softmoe.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "layers.h"
+
+#define NORM_EPS 1e-6f
+
+static size_t rnd(size_t n) { return (n + 15) / 16 * 16; }
+
+size_t softmoe_acts_floats(MoeDims d) {
+    size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
+    return rnd(BN * d.D) + rnd(BN) + rnd((size_t)d.D * S) + rnd(S) + 3 * rnd(BN * S) +
+           2 * rnd(d.E * R * d.D) + 2 * rnd(d.E * R * d.M);
+}
+
+void softmoe_acts_carve(MoeActs *a, float *p, MoeDims d) {
+    size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
+#define TAKE(f, n) (a->f = p, p += rnd(n))
+    TAKE(xn, BN * d.D); TAKE(rn, BN); TAKE(mun, (size_t)d.D * S); TAKE(cn, S);
+    TAKE(raw, BN * S); TAKE(dw, BN * S); TAKE(cw, BN * S);
+    TAKE(xs, d.E * R * d.D); TAKE(ys, d.E * R * d.D);
+    TAKE(h, d.E * R * d.M); TAKE(hg, d.E * R * d.M);
+#undef TAKE
+}
+
+size_t softmoe_scratch_floats(MoeDims d) {
+    size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
+    return 2 * rnd((size_t)d.B * S * d.D) + 2 * rnd(BN * S) + 2 * rnd(d.E * R * d.D) +
+           2 * rnd(d.E * R * d.M) + rnd(BN * d.D) + rnd((size_t)d.D * S);
+}
+
+void softmoe_scratch_carve(MoeScratch *s, float *p, MoeDims d) {
+    size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
+#define TAKE(f, n) (s->f = p, p += rnd(n))
+    TAKE(sd0, (size_t)d.B * S * d.D); TAKE(sd1, (size_t)d.B * S * d.D);
+    TAKE(dC, BN * S); TAKE(dD, BN * S);
+    TAKE(dxs, d.E * R * d.D); TAKE(dys, d.E * R * d.D);
+    TAKE(dh, d.E * R * d.M); TAKE(dhg, d.E * R * d.M);
+    TAKE(dxn, BN * d.D); TAKE(dmun, (size_t)d.D * S);
+#undef TAKE
+}
+
+// Image-major (B,S,D) <-> expert-major (E,B*P,D): slot s = e*P + p of image b
+// sits at row (e*B + b)*P + p of the expert-major tensor.
+static void to_experts(float *em, const float *im, MoeDims d) {
+    const size_t blk = (size_t)d.P * d.D;
+    #pragma omp parallel for schedule(static) collapse(2)
+    for (int e = 0; e < d.E; e++)
+        for (int b = 0; b < d.B; b++)
+            memcpy(em + ((size_t)e * d.B + b) * blk, im + ((size_t)b * d.E + e) * blk,
+                   blk * sizeof(float));
+}
+
+static void to_images(float *im, const float *em, MoeDims d) {
+    const size_t blk = (size_t)d.P * d.D;
+    #pragma omp parallel for schedule(static) collapse(2)
+    for (int b = 0; b < d.B; b++)
+        for (int e = 0; e < d.E; e++)
+            memcpy(im + ((size_t)b * d.E + e) * blk, em + ((size_t)e * d.B + b) * blk,
+                   blk * sizeof(float));
+}
+
+// Row normalisation of y (R,D): xn = y * r, r = rsqrt(sum y^2 + eps).
+static void rownorm_forward(float *xn, float *r, const float *y, int R, int D) {
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < R; i++) {
+        const float *yr = y + (size_t)i * D;
+        float ss = 0.0f;
+        for (int j = 0; j < D; j++) ss += yr[j] * yr[j];
+        float s = 1.0f / sqrtf(ss + NORM_EPS);
+        for (int j = 0; j < D; j++) xn[(size_t)i * D + j] = yr[j] * s;
+        r[i] = s;
+    }
+}
+
+// Column normalisation of mu (D,S) over D.
+static void colnorm_forward(float *mun, float *c, const float *mu, int D, int S) {
+    for (int s = 0; s < S; s++) c[s] = 0.0f;
+    for (int j = 0; j < D; j++)
+        for (int s = 0; s < S; s++) c[s] += mu[(size_t)j * S + s] * mu[(size_t)j * S + s];
+    for (int s = 0; s < S; s++) c[s] = 1.0f / sqrtf(c[s] + NORM_EPS);
+    for (int j = 0; j < D; j++)
+        for (int s = 0; s < S; s++) mun[(size_t)j * S + s] = mu[(size_t)j * S + s] * c[s];
+}
+
+// Dispatch (softmax over the N tokens of each column) and combine (softmax
+// over the S slots of each row) weights of one image from logits scale*raw.
+static void route_image(float *dw, float *cw, const float *raw, float scale, int N, int S) {
+    for (int n = 0; n < N; n++) {
+        const float *l = raw + (size_t)n * S;
+        float *c = cw + (size_t)n * S;
+        float mx = scale * l[0];
+        for (int s = 1; s < S; s++) mx = fmaxf(mx, scale * l[s]);
+        float sum = 0.0f;
+        for (int s = 0; s < S; s++) sum += (c[s] = expf(scale * l[s] - mx));
+        for (int s = 0; s < S; s++) c[s] /= sum;
+    }
+    for (int s = 0; s < S; s++) {
+        float mx = scale * raw[s];
+        for (int n = 1; n < N; n++) mx = fmaxf(mx, scale * raw[(size_t)n * S + s]);
+        float sum = 0.0f;
+        for (int n = 0; n < N; n++)
+            sum += (dw[(size_t)n * S + s] = expf(scale * raw[(size_t)n * S + s] - mx));
+        for (int n = 0; n < N; n++) dw[(size_t)n * S + s] /= sum;
+    }
+}
+
+static void experts_forward(MoeActs *a, const MoeW *w, MoeDims d) {
+    const int R = d.B * d.P;
+    #pragma omp parallel for schedule(dynamic)
+    for (int e = 0; e < d.E; e++) {
+        size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M;
+        dense_forward(a->h + rm, a->xs + rd, w->w1 + (size_t)e * d.D * d.M, w->b1 + (size_t)e * d.M,
+                      R, d.D, d.M, 0);
+        gelu_forward(a->hg + rm, a->h + rm, (size_t)R * d.M);
+        dense_forward(a->ys + rd, a->hg + rm, w->w2 + (size_t)e * d.M * d.D,
+                      w->b2 + (size_t)e * d.D, R, d.M, d.D, 0);
+    }
+}
+
+void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, const MoeW *w,
+                     MoeDims d, int accumulate) {
+    const int S = d.E * d.P, N = d.N, D = d.D;
+    const float scale = w->scale[0];
+    rownorm_forward(a->xn, a->rn, y, d.B * N, D);
+    colnorm_forward(a->mun, a->cn, w->mu, D, S);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.B * N, S, D, 1.0f, a->xn, D, a->mun,
+                S, 0.0f, a->raw, S);
+    #pragma omp parallel for schedule(static)
+    for (int b = 0; b < d.B; b++) {
+        size_t o = (size_t)b * N * S;
+        route_image(a->dw + o, a->cw + o, a->raw + o, scale, N, S);
+        // slots (S,D) = Dw^T (S,N) @ y (N,D)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->dw + o, S,
+                    y + (size_t)b * N * D, D, 0.0f, s->sd0 + (size_t)b * S * D, D);
+    }
+    to_experts(a->xs, s->sd0, d);
+    experts_forward(a, w, d);
+    to_images(s->sd0, a->ys, d);
+    #pragma omp parallel for schedule(static)
+    for (int b = 0; b < d.B; b++)
+        // out (N,D) (+)= Cw (N,S) @ ys (S,D)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, S, 1.0f,
+                    a->cw + (size_t)b * N * S, S, s->sd0 + (size_t)b * S * D, D,
+                    accumulate ? 1.0f : 0.0f, out + (size_t)b * N * D, D);
+}
+
+static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, const MoeW *w,
+                             MoeDims d) {
+    const int R = d.B * d.P;
+    memset(s->dxs, 0, (size_t)d.E * R * d.D * sizeof(float));
+    memset(s->dhg, 0, (size_t)d.E * R * d.M * sizeof(float));
+    memset(s->dh, 0, (size_t)d.E * R * d.M * sizeof(float));
+    #pragma omp parallel for schedule(dynamic)
+    for (int e = 0; e < d.E; e++) {
+        size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M;
+        size_t wo = (size_t)e * d.D * d.M;
+        dense_backward(s->dhg + rm, g->w2 + wo, g->b2 + (size_t)e * d.D, s->dys + rd, a->hg + rm,
+                       w->w2 + wo, R, d.M, d.D);
+        gelu_backward(s->dh + rm, s->dhg + rm, a->h + rm, (size_t)R * d.M);
+        dense_backward(s->dxs + rd, g->w1 + wo, g->b1 + (size_t)e * d.M, s->dh + rm, a->xs + rd,
+                       w->w1 + wo, R, d.D, d.M);
+    }
+}
+
+// dl (N,S) = grad of the logits of one image from the grads of its dispatch
+// (dD, softmax over n per column) and combine (dC, softmax over s per row)
+// weights; written into dD.
+static void route_backward_image(float *dD, const float *dC, const float *dw, const float *cw,
+                                 int N, int S) {
+    for (int s = 0; s < S; s++) {
+        float dot = 0.0f;
+        for (int n = 0; n < N; n++) dot += dw[(size_t)n * S + s] * dD[(size_t)n * S + s];
+        for (int n = 0; n < N; n++)
+            dD[(size_t)n * S + s] = dw[(size_t)n * S + s] * (dD[(size_t)n * S + s] - dot);
+    }
+    for (int n = 0; n < N; n++) {
+        const float *c = cw + (size_t)n * S, *gc = dC + (size_t)n * S;
+        float dot = 0.0f;
+        for (int s = 0; s < S; s++) dot += c[s] * gc[s];
+        for (int s = 0; s < S; s++) dD[(size_t)n * S + s] += c[s] * (gc[s] - dot);
+    }
+}
+
+void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout,
+                      const MoeActs *a, const float *y, const MoeW *w, MoeDims d) {
+    const int S = d.E * d.P, N = d.N, D = d.D, BN = d.B * d.N;
+    const float scale = w->scale[0];
+    // combine: out = Cw @ ys
+    to_images(s->sd0, a->ys, d);
+    #pragma omp parallel for schedule(static)
+    for (int b = 0; b < d.B; b++) {
+        size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, S, D, 1.0f, dout + od, D,
+                    s->sd0 + os, D, 0.0f, s->dC + on, S);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->cw + on, S,
+                    dout + od, D, 0.0f, s->sd1 + os, D);
+    }
+    to_experts(s->dys, s->sd1, d);
+    experts_backward(s, g, a, w, d);
+    // dispatch: xs = Dw^T @ y
+    to_images(s->sd0, s->dxs, d);
+    #pragma omp parallel for schedule(static)
+    for (int b = 0; b < d.B; b++) {
+        size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, S, D, 1.0f, y + od, D,
+                    s->sd0 + os, D, 0.0f, s->dD + on, S);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, S, 1.0f, a->dw + on, S,
+                    s->sd0 + os, D, 1.0f, dy + od, D);
+        route_backward_image(s->dD + on, s->dC + on, a->dw + on, a->cw + on, N, S);
+    }
+    // logits = scale * raw: d scale = <dl, raw>; d raw = scale * dl
+    double ds = 0.0;
+    for (size_t i = 0; i < (size_t)BN * S; i++) ds += (double)s->dD[i] * a->raw[i];
+    g->scale[0] += (float)ds;
+    cblas_sscal(BN * S, scale, s->dD, 1);
+    // raw = xn @ mun
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BN, D, S, 1.0f, s->dD, S, a->mun, S,
+                0.0f, s->dxn, D);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, S, BN, 1.0f, a->xn, D, s->dD, S,
+                0.0f, s->dmun, S);
+    // xn = y * r: dy += r (dxn - xn <dxn, xn>)
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < BN; i++) {
+        const float *xn = a->xn + (size_t)i * D, *dx = s->dxn + (size_t)i * D;
+        float dot = 0.0f;
+        for (int j = 0; j < D; j++) dot += dx[j] * xn[j];
+        float *o = dy + (size_t)i * D;
+        for (int j = 0; j < D; j++) o[j] += a->rn[i] * (dx[j] - xn[j] * dot);
+    }
+    // mun = mu * c (per column): dmu += c (dmun - mun <dmun, mun>_column)
+    for (int sl = 0; sl < S; sl++) {
+        float dot = 0.0f;
+        for (int j = 0; j < D; j++) dot += s->dmun[(size_t)j * S + sl] * a->mun[(size_t)j * S + sl];
+        for (int j = 0; j < D; j++)
+            g->mu[(size_t)j * S + sl] +=
+                a->cn[sl] * (s->dmun[(size_t)j * S + sl] - a->mun[(size_t)j * S + sl] * dot);
+    }
+}
