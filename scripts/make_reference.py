@@ -11,7 +11,7 @@ Values are drawn in float32 and only then widened to float64, so the C side,
 which computes in float32, starts from bit-identical parameters and inputs and
 the only difference left is its own rounding.
 
-    /usr/bin/python3 scripts/make_reference.py [--out DIR] [--only NAME ...]
+    /usr/bin/python3 scripts/make_reference.py [--out DIR] [--only NAME ...] [--gradcheck]
 
 File format (little-endian): magic b"SMREF01\\n", then records until EOF:
     char kind[4] ("F32 " | "TEXT"), u32 name_len, name, u32 ndim, u64 dims[ndim],
@@ -37,12 +37,17 @@ KERNEL_STD = 0.25
 EMBED_STD = 0.5      # posemb, cls, MAP probe: stand-alone vectors, not products
 BIAS_STD = 0.1
 SCALE_STD = 0.1      # LayerNorm/QK-norm scales are 1 + SCALE_STD * N(0,1)
+MU_STD = 0.5         # Soft MoE Router/mu (only its direction matters: normalised per slot)
+ROUTER_SCALE_STD = 0.3  # Soft MoE Router/scale is 1 + ROUTER_SCALE_STD * N(0,1), not
+                        # exactly 1, so a wrong d/d scale cannot hide behind a unit value
+NORM_EPS = 1e-6      # Soft MoE: x * rsqrt(sum x^2 + NORM_EPS)
 
 
 # --------------------------------------------------------------------------
 # Cases. A case is a model config (the C side's [model]/[moe] keys), a batch
 # size and a seed; `blocks` optionally names the MLP kind of each encoder
-# block ("dense" by default) so Soft MoE cases only add an entry to MLP_KINDS.
+# block, otherwise `moe` (the C side's [moe] keys) chooses them: "soft" for the
+# blocks moe.layers selects when moe.experts > 0, "dense" for the rest.
 
 BASE = dict(width=32, depth=2, heads=2, mlp_dim=64, image_size=8, patch=4,
             channels=3, classes=10)
@@ -56,6 +61,21 @@ CASES = [
     # push the file past 200 KB; block-to-block backward is covered above.
     dict(name="map_learn_qk", seed=1003, batch=2,
          model=dict(BASE, depth=1, pool="map", posemb="learn", qk_norm=True, loss="softmax_xent")),
+    # Soft MoE. image_size 12 gives N = 9 patch tokens (10 with cls), so a
+    # group is more than a handful of tokens. mlp_dim is cut (it sizes every
+    # expert) to keep the files under 200 KB (176 and 191 KB): 64 would give
+    # ~240 KB here and ~440 KB for five experts in both blocks.
+    # Block 0 dense, block 1 Soft MoE (last_half of depth 2), P = 2 slots each.
+    dict(name="softmoe_gap", seed=1004, batch=3,
+         model=dict(BASE, image_size=12, mlp_dim=32, pool="gap", posemb="learn",
+                    qk_norm=False, loss="softmax_xent"),
+         moe=dict(experts=3, slots=2, layers="last_half", router="soft")),
+    # Both blocks Soft MoE, one slot per expert (S = E = 5 < N = 10): the
+    # block-to-block backward through two routers, and cls-token routing.
+    dict(name="softmoe_every", seed=1005, batch=2,
+         model=dict(BASE, image_size=12, mlp_dim=16, pool="tok", posemb="sincos2d",
+                    qk_norm=True, loss="sigmoid_xent"),
+         moe=dict(experts=5, slots=1, layers="every:1", router="soft")),
 ]
 
 
@@ -96,25 +116,87 @@ def layernorm_specs(prefix, D):
     return [(prefix + "scale", (D,), "scale"), (prefix + "bias", (D,), "bias")]
 
 
-def dense_mlp_specs(prefix, m):
+def dense_mlp_specs(prefix, m, moe=None):
     D, M = m["width"], m["mlp_dim"]
     return [(prefix + "Dense_0/kernel", (D, M), "kernel"), (prefix + "Dense_0/bias", (M,), "bias"),
             (prefix + "Dense_1/kernel", (M, D), "kernel"), (prefix + "Dense_1/bias", (D,), "bias")]
 
 
-def dense_mlp_forward(p, prefix, y, m):
+def dense_mlp_forward(p, prefix, y, m, moe=None, tap=None):
     return mlp(y, p[prefix + "Dense_0/kernel"], p[prefix + "Dense_0/bias"],
                p[prefix + "Dense_1/kernel"], p[prefix + "Dense_1/bias"])
 
 
-# kind -> (checkpoint sub-prefix inside the block, specs(prefix, model), forward(p, prefix, y, model))
+def soft_moe_specs(prefix, m, moe):
+    D, M, E, P = m["width"], m["mlp_dim"], moe["experts"], moe["slots"]
+    # Expert kernels are one (E, ...) draw: independent per expert, unlike the
+    # C side's default shared init, so that every expert computes something else.
+    return [(prefix + "Router/mu", (D, E, P), "mu"), (prefix + "Router/scale", (), "router_scale"),
+            (prefix + "Mlp/Dense_0/kernel", (E, D, M), "kernel"),
+            (prefix + "Mlp/Dense_0/bias", (E, M), "bias"),
+            (prefix + "Mlp/Dense_1/kernel", (E, M, D), "kernel"),
+            (prefix + "Mlp/Dense_1/bias", (E, D), "bias")]
+
+
+def l2_normalise(x, dim):
+    return x * torch.rsqrt((x * x).sum(dim, keepdim=True) + NORM_EPS)
+
+
+def soft_moe_forward(p, prefix, y, m, moe, tap=None):
+    """Soft MoE on y (B,N,D), one group = one image (DESIGN.md). If `tap` is a
+    dict, the intermediate tensors are stored in it."""
+    B, N, D = y.shape
+    E, P = moe["experts"], moe["slots"]
+    S = E * P
+    mun = l2_normalise(p[prefix + "Router/mu"].reshape(D, S), 0)      # each slot's column over D
+    logits = p[prefix + "Router/scale"] * (l2_normalise(y, -1) @ mun)  # (B,N,S)
+    dispatch = torch.softmax(logits, dim=1)                            # over tokens: columns sum to 1
+    combine = torch.softmax(logits, dim=2)                             # over slots: rows sum to 1
+    slots_in = dispatch.transpose(1, 2) @ y                            # (B,S,D), from the raw y
+    slots_out = torch.cat([
+        mlp(slots_in[:, e * P:(e + 1) * P],
+            p[prefix + "Mlp/Dense_0/kernel"][e], p[prefix + "Mlp/Dense_0/bias"][e],
+            p[prefix + "Mlp/Dense_1/kernel"][e], p[prefix + "Mlp/Dense_1/bias"][e])
+        for e in range(E)], dim=1)                                     # (B,S,D)
+    out = combine @ slots_out                                          # (B,N,D)
+    if tap is not None:
+        tap.update(moe_dispatch=dispatch, moe_combine=combine, moe_slots_in=slots_in, moe_out=out)
+    return out
+
+
+# kind -> (checkpoint sub-prefix inside the block, specs(prefix, model, moe),
+#          forward(p, prefix, y, model, moe, tap))
 MLP_KINDS = {
     "dense": ("Mlp/", dense_mlp_specs, dense_mlp_forward),
+    "soft": ("Moe/", soft_moe_specs, soft_moe_forward),
 }
 
 
+def moe_layers(spec, L):
+    """The block indices moe.layers selects in a depth-L encoder."""
+    if spec == "last_half":
+        return {l for l in range(L) if l >= L - L // 2}
+    if spec.startswith("last:"):
+        k = int(spec[5:])
+        return {l for l in range(L) if l >= L - k}
+    if spec.startswith("every:"):
+        k = int(spec[6:])
+        return {l for l in range(L) if (l + 1) % k == 0}
+    chosen = {int(t) for t in spec.split(",")}
+    assert all(0 <= l < L for l in chosen), spec
+    return chosen
+
+
 def block_kinds(case):
-    return case.get("blocks", ["dense"] * case["model"]["depth"])
+    L = case["model"]["depth"]
+    if "blocks" in case:
+        return case["blocks"]
+    moe = case.get("moe", {})
+    if moe.get("experts", 0) > 0:
+        assert moe.get("router", "soft") == "soft", "only the Soft MoE router is written out"
+        sel = moe_layers(moe.get("layers", "last_half"), L)
+        return ["soft" if l in sel else "dense" for l in range(L)]
+    return ["dense"] * L
 
 
 def param_specs(case):
@@ -133,7 +215,7 @@ def param_specs(case):
         s += attention_specs(b + "SelfAttention/", D, H, m["qk_norm"])
         s += layernorm_specs(b + "LayerNorm_1/", D)
         sub, specs, _ = MLP_KINDS[kind]
-        s += specs(b + sub, m)
+        s += specs(b + sub, m, case.get("moe"))
     s += layernorm_specs("Encoder/encoder_norm/", D)
     if m["pool"] == "map":
         h = "MAPHead_0/"
@@ -150,8 +232,10 @@ def draw(gen, shape, kind):
     z = torch.randn(shape, generator=gen, dtype=torch.float32)
     if kind == "scale":
         z = 1.0 + SCALE_STD * z
+    elif kind == "router_scale":
+        z = 1.0 + ROUTER_SCALE_STD * z
     else:
-        z = z * {"kernel": KERNEL_STD, "embed": EMBED_STD, "bias": BIAS_STD}[kind]
+        z = z * {"kernel": KERNEL_STD, "embed": EMBED_STD, "bias": BIAS_STD, "mu": MU_STD}[kind]
     return z.to(torch.float32).to(torch.float64)
 
 
@@ -230,8 +314,9 @@ def patchify(images, P):
     return t.reshape(B, G * G, P * P * C)
 
 
-def forward(case, p, images, targets):
-    """Returns (logits (B,K), prelogits (B,D), loss ())."""
+def forward(case, p, images, targets, tap=None):
+    """Returns (logits (B,K), prelogits (B,D), loss ()). If `tap` is a dict,
+    the first Soft MoE block stores its intermediates there."""
     m = case["model"]
     P, D = m["patch"], m["width"]
     B = images.shape[0]
@@ -251,7 +336,8 @@ def forward(case, p, images, targets):
         x = x + attention(p, b + "SelfAttention/", y, y, m["qk_norm"])
         y = layernorm(x, p[b + "LayerNorm_1/scale"], p[b + "LayerNorm_1/bias"])
         sub, _, mlp_forward = MLP_KINDS[kind]
-        x = x + mlp_forward(p, b + sub, y, m)
+        first_moe = kind != "dense" and kind not in block_kinds(case)[:i]
+        x = x + mlp_forward(p, b + sub, y, m, case.get("moe"), tap if first_moe else None)
     x = layernorm(x, p["Encoder/encoder_norm/scale"], p["Encoder/encoder_norm/bias"])
 
     if m["pool"] == "gap":
@@ -291,9 +377,12 @@ def compute(case):
     params, images, targets = build(case)
     for t in params.values():
         t.requires_grad_(True)
-    logits, pooled, loss = forward(case, params, images, targets)
+    tap = {}
+    logits, pooled, loss = forward(case, params, images, targets, tap)
     names = list(params)
     grads = torch.autograd.grad(loss, [params[n] for n in names])
+    if tap:
+        check_moe_weights(tap)
     rec = [("TEXT", "config", config_text(case)),
            ("F32 ", "input/images", images),
            ("F32 ", "input/targets", targets)]
@@ -302,7 +391,32 @@ def compute(case):
             ("F32 ", "output/prelogits", pooled.detach()),
             ("F32 ", "output/loss", loss.detach())]
     rec += [("F32 ", "grads/" + n, g) for n, g in zip(names, grads)]
+    # Intermediates of the first Soft MoE block, for debugging a mismatch.
+    rec += [("F32 ", "debug/" + k, tap[k].detach())
+            for k in ("moe_dispatch", "moe_combine", "moe_slots_in", "moe_out") if k in tap]
     return [(k, n, v if k == "TEXT" else v.numpy().astype("<f4")) for k, n, v in rec]
+
+
+def check_moe_weights(tap):
+    """Dispatch columns (over tokens) and combine rows (over slots) sum to 1."""
+    one = torch.ones((), dtype=torch.float64)
+    for k, dim in (("moe_dispatch", 1), ("moe_combine", 2)):
+        w = tap[k].detach()
+        assert bool(((w.sum(dim) - one).abs() < 1e-12).all()), k + " does not sum to 1"
+        assert bool((w > 0).all()), k + " has a non-positive weight"
+
+
+def gradcheck(case):
+    """torch.autograd.gradcheck of the float64 loss against every parameter
+    (finite differences; slow, so only on request: --gradcheck)."""
+    params, images, targets = build(case)
+    names = list(params)
+    inputs = tuple(params[n].clone().requires_grad_(True) for n in names)
+
+    def loss_of(*ts):
+        return forward(case, dict(zip(names, ts)), images, targets)[2]
+
+    return torch.autograd.gradcheck(loss_of, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------
@@ -375,6 +489,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "..", "tests", "data"))
     ap.add_argument("--only", nargs="*", help="case names (default: all)")
+    ap.add_argument("--gradcheck", action="store_true",
+                    help="also check each case's autograd gradients by finite differences")
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # float64 sums in one fixed order: byte-identical reruns
@@ -396,6 +512,9 @@ def main():
         loss = next(v for _, n, v in records if n == "output/loss")
         print("%-40s %7d bytes  %3d records  loss %.6f"
               % (os.path.relpath(path), os.path.getsize(path), len(records), float(loss)))
+        if args.gradcheck:
+            gradcheck(case)  # raises with the offending parameter on failure
+            print("%-40s gradcheck ok" % os.path.relpath(path))
 
 
 if __name__ == "__main__":

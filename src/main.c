@@ -22,7 +22,8 @@ static void usage(FILE *f) {
 
 static void load_config(Config *c, int argc, char **argv) {
     char err[1024];
-    if (config_load(c, argv[2], argc - 3, argv + 3, err, sizeof err) != 0) {
+    if (config_load(c, argv[2], argc - 3, argv + 3, err, sizeof err) != 0 ||
+        vit_check_config(c, err, sizeof err) != 0) {
         fprintf(stderr, "softmoe: error: %s\n", err);
         exit(2);
     }
@@ -84,6 +85,14 @@ int main(int argc, char **argv) {
         const char *s = getenv("SOFTMOE_BENCH_STEPS");
         bench_run(&c, s ? atoi(s) : 5);
         return 0;
+    }
+    if (strcmp(c.source, "synthetic")) {
+        // Stop before any work rather than train on something else.
+        fprintf(stderr,
+                "softmoe: error: %s: data.source = %s is not readable yet (image shards and "
+                "folders land with the data issue); use data.source=synthetic\n",
+                argv[2], c.source);
+        return 2;
     }
     TrainResult r;
     train_run(&c, 0, &r);

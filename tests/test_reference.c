@@ -84,6 +84,32 @@ static void check_case(const char *name) {
         ck_assert_msg(e < 1e-3, "%s: gradient of %s off by %.3g (relative)", name, s->name, e);
     }
     printf("%-14s %d gradients, worst %.2e (%s)\n", name, m.pt.n, worst, worst_name);
+    // Soft MoE intermediates of the first MoE block: routing weights and slots
+    int l = 0;
+    while (l < m.d.L && !m.d.is_moe[l]) l++;
+    if (l < m.d.L) {
+        const MoeActs *ma = &m.a.blk[l].moe;
+        const FixTensor *dw = fixture_need(f, "debug/moe_dispatch", FIX_F32);
+        const FixTensor *cw = fixture_need(f, "debug/moe_combine", FIX_F32);
+        const FixTensor *xs = fixture_need(f, "debug/moe_slots_in", FIX_F32);
+        ck_assert_uint_eq(dw->numel, (size_t)B * m.d.N * m.d.ES);
+        double e1 = sm_rel_err(ma->dw, dw->data, dw->numel, 0);
+        double e2 = sm_rel_err(ma->cw, cw->data, cw->numel, 0);
+        // our slots are expert-major (E,B*P,D); the reference's are (B,S,D)
+        double e3 = 0, mx = 0;
+        const int P = m.d.EP, D = m.d.D;
+        for (int b = 0; b < B; b++)
+            for (int s = 0; s < m.d.ES; s++)
+                for (int j = 0; j < D; j++) {
+                    float ours = ma->xs[(((size_t)(s / P) * B + b) * P + s % P) * D + j];
+                    float ref = xs->data[((size_t)b * m.d.ES + s) * D + j];
+                    e3 = fmax(e3, fabs(ours - ref));
+                    mx = fmax(mx, fabs(ref));
+                }
+        e3 /= mx;
+        printf("%-14s block %d dispatch %.2e combine %.2e slots %.2e\n", name, l, e1, e2, e3);
+        ck_assert_msg(e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4, "%s: Soft MoE routing mismatch", name);
+    }
     vit_free(&m);
     fixture_free(f);
 }
@@ -94,6 +120,10 @@ START_TEST(test_tok_sincos_qk) { check_case("tok_sincos_qk"); }
 END_TEST
 START_TEST(test_map_learn_qk) { check_case("map_learn_qk"); }
 END_TEST
+START_TEST(test_softmoe_gap) { check_case("softmoe_gap"); }
+END_TEST
+START_TEST(test_softmoe_every) { check_case("softmoe_every"); }
+END_TEST
 
 static Suite *reference_suite(void) {
     Suite *s = suite_create("reference");
@@ -101,6 +131,8 @@ static Suite *reference_suite(void) {
     tcase_add_test(t, test_gap_learn);
     tcase_add_test(t, test_tok_sincos_qk);
     tcase_add_test(t, test_map_learn_qk);
+    tcase_add_test(t, test_softmoe_gap);
+    tcase_add_test(t, test_softmoe_every);
     suite_add_tcase(s, t);
     return s;
 }
