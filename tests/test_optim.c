@@ -281,7 +281,7 @@ START_TEST(test_adam_one_step) {
     tiny_init(&t);
     const float wd[2] = {0.5f, 0.0f};
     set_grads(&t, G1);
-    adam_update(t.p, t.g, t.m, t.v, &t.pt, wd, LR1, B1, B2, EPS, 1);
+    adam_update(t.p, t.g, t.m, t.v, &t.pt, wd, LR1, B1, B2, EPS, 1, 1.0f);
     // After one step mhat = g and sqrt(vhat) = |g|, so the Adam direction is
     // g / (|g| + eps) and p1 = p0 - lr (g/(|g|+eps) + wd p0). For A[0]:
     // 1 - 0.1 * (0.5/(0.5+1e-8) + 0.5*1) = 0.850000002.
@@ -302,9 +302,9 @@ START_TEST(test_adam_two_steps) {
     tiny_init(&t);
     const float wd[2] = {0.5f, 0.0f};
     set_grads(&t, G1);
-    adam_update(t.p, t.g, t.m, t.v, &t.pt, wd, LR1, B1, B2, EPS, 1);
+    adam_update(t.p, t.g, t.m, t.v, &t.pt, wd, LR1, B1, B2, EPS, 1, 1.0f);
     set_grads(&t, G2);
-    adam_update(t.p, t.g, t.m, t.v, &t.pt, wd, LR2, B1, B2, EPS, 2);
+    adam_update(t.p, t.g, t.m, t.v, &t.pt, wd, LR2, B1, B2, EPS, 2, 1.0f);
     for (int j = 0; j < 5; j++) {
         double g1 = G1[j], g2 = G2[j], p0 = P0[j];
         double p1 = p0 - LR1 * (g1 / (fabs(g1) + EPS) + WD[j] * p0);
@@ -331,8 +331,8 @@ START_TEST(test_adam_wd_no_leak) {
     const float wd[2] = {0.5f, 0.0f}, none[2] = {0.0f, 0.0f};
     set_grads(&a, G1);
     set_grads(&z, G1);
-    adam_update(a.p, a.g, a.m, a.v, &a.pt, wd, LR1, B1, B2, EPS, 1);
-    adam_update(z.p, z.g, z.m, z.v, &z.pt, none, LR1, B1, B2, EPS, 1);
+    adam_update(a.p, a.g, a.m, a.v, &a.pt, wd, LR1, B1, B2, EPS, 1, 1.0f);
+    adam_update(z.p, z.g, z.m, z.v, &z.pt, none, LR1, B1, B2, EPS, 1, 1.0f);
     ck_assert(memcmp(a.p + 16, z.p + 16, 2 * sizeof(float)) == 0);
     ck_assert(a.p[0] != z.p[0] && a.p[1] != z.p[1]);
     // And B with decay 0 equals A's undecayed value: p0 - lr g/(|g|+eps).
@@ -352,7 +352,7 @@ START_TEST(test_adam_eps) {
     ptable_add(&pt, "w/kernel", INIT_ZEROS, 0, 0, 0, 1, shape);
     float p[16] = {1.0f, 1.0f}, g[16] = {0.0f, 1e-8f}, m[16] = {0}, v[16] = {0};
     const float wd[1] = {0.0f};
-    adam_update(p, g, m, v, &pt, wd, LR1, B1, B2, EPS, 1);
+    adam_update(p, g, m, v, &pt, wd, LR1, B1, B2, EPS, 1, 1.0f);
     check_close("p", 0, p[0], 1.0);
     check_close("p", 1, p[1], 1.0 - LR1 * (double)g[1] / ((double)g[1] + EPS));
     ptable_free(&pt);
@@ -405,10 +405,32 @@ static double big_run(BigModel *b, int threads) {
         for (size_t i = 0; i < b->pt.total; i++) b->g[i] = lcg_uniform(&s);
         double norm = clip_global_norm(b->g, b->pt.total, 1.0);
         if (t == 1) first = norm;
-        adam_update(b->p, b->g, b->m, b->v, &b->pt, b->wd, 1e-3, 0.9, 0.999, 1e-8, t);
+        adam_update(b->p, b->g, b->m, b->v, &b->pt, b->wd, 1e-3, 0.9, 0.999, 1e-8, t, 1.0f);
     }
     return first;
 }
+
+// Clipping folded into Adam (gscale) must equal clipping in place first.
+START_TEST(test_fused_clip) {
+    BigModel x, y;
+    big_init(&x);
+    big_init(&y);
+    unsigned s = 99;
+    for (size_t i = 0; i < x.pt.total; i++) x.g[i] = y.g[i] = 3.0f * lcg_uniform(&s);
+    double nx = clip_global_norm(x.g, x.pt.total, 1.0);
+    adam_update(x.p, x.g, x.m, x.v, &x.pt, x.wd, 1e-3, 0.9, 0.999, 1e-8, 1, 1.0f);
+    double ny = l2_norm(y.g, y.pt.total);
+    ck_assert(nx == ny && nx > 1.0);
+    adam_update(y.p, y.g, y.m, y.v, &y.pt, y.wd, 1e-3, 0.9, 0.999, 1e-8, 1, clip_factor(ny, 1.0));
+    size_t bytes = x.pt.total * sizeof(float);
+    ck_assert(memcmp(x.p, y.p, bytes) == 0 && memcmp(x.m, y.m, bytes) == 0 &&
+              memcmp(x.v, y.v, bytes) == 0);
+    ck_assert(clip_factor(0.5, 1.0) == 1.0f && clip_factor(4.0, 0.0) == 1.0f);
+    ck_assert(clip_factor(4.0, 1.0) == 0.25f);
+    big_free(&x);
+    big_free(&y);
+}
+END_TEST
 
 START_TEST(test_thread_count_invariance) {
     BigModel x, y;
@@ -431,6 +453,7 @@ static Suite *optim_suite(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_sched_warmup);
+    tcase_add_test(tc, test_fused_clip);
     tcase_add_test(tc, test_sched_rsqrt);
     tcase_add_test(tc, test_sched_cosine_linear);
     tcase_add_test(tc, test_sched_constant_cooldown);

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "layers.h"
 
 void dense_forward(float *out, const float *inp, const float *w, const float *b,
@@ -51,23 +52,6 @@ void dense_backward(float *dinp, float *dw, float *db, const float *dout,
 }
 
 #define GELU_C 0.7978845608028654f  // sqrt(2/pi)
-
-// exp(x) for the GELU: 2^n * p(r) with r = x - n ln2 in [-ln2/2, ln2/2] and a
-// degree-6 Taylor polynomial (relative error < 2e-7 over the clamped range).
-// Written with plain float ops so GCC vectorises the loops that call it; libm's
-// tanhf/expf are scalar calls and made GELU a quarter of a ViT step.
-static inline float fast_expf(float x) {
-    x = x < -87.0f ? -87.0f : x > 87.0f ? 87.0f : x;
-    // round to nearest by the 1.5*2^23 trick: libm's roundf is a call that
-    // blocks vectorisation
-    float n = (x * 1.4426950408889634f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f +
-              r * (0.008333334f + r * 0.0013888889f)))));
-    union { float f; int32_t i; } u = {.f = p};
-    u.i += (int32_t)((uint32_t)(int32_t)n << 23);  // unsigned shift: n may be negative
-    return u.f;
-}
 
 // gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3)
 void gelu_forward(float *out, const float *inp, size_t n) {

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "layers.h"
 
 #define NORM_EPS 1e-6f
@@ -32,7 +33,7 @@ void softmoe_acts_carve(MoeActs *a, float *p, MoeDims d) {
 size_t softmoe_scratch_floats(MoeDims d) {
     size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
     return 2 * rnd((size_t)d.B * S * d.D) + 2 * rnd(BN * S) + 2 * rnd(d.E * R * d.D) +
-           2 * rnd(d.E * R * d.M) + rnd(BN * d.D) + rnd((size_t)d.D * S);
+           2 * rnd(d.E * R * d.M) + rnd(BN * d.D) + rnd((size_t)d.D * S) + rnd((size_t)d.B * 2 * S);
 }
 
 void softmoe_scratch_carve(MoeScratch *s, float *p, MoeDims d) {
@@ -42,7 +43,7 @@ void softmoe_scratch_carve(MoeScratch *s, float *p, MoeDims d) {
     TAKE(dC, BN * S); TAKE(dD, BN * S);
     TAKE(dxs, d.E * R * d.D); TAKE(dys, d.E * R * d.D);
     TAKE(dh, d.E * R * d.M); TAKE(dhg, d.E * R * d.M);
-    TAKE(dxn, BN * d.D); TAKE(dmun, (size_t)d.D * S);
+    TAKE(dxn, BN * d.D); TAKE(dmun, (size_t)d.D * S); TAKE(col, (size_t)d.B * 2 * S);
 #undef TAKE
 }
 
@@ -91,24 +92,31 @@ static void colnorm_forward(float *mun, float *c, const float *mu, int D, int S)
 
 // Dispatch (softmax over the N tokens of each column) and combine (softmax
 // over the S slots of each row) weights of one image from logits scale*raw.
-static void route_image(float *dw, float *cw, const float *raw, float scale, int N, int S) {
+// Both walk the (N,S) rows in order so the inner loops run over contiguous
+// slots and vectorise; col (2S) holds the running column max and sum.
+static void route_image(float *dw, float *cw, float *col, const float *raw, float scale, int N,
+                        int S) {
+    float *cmax = col, *csum = col + S;
+    for (int s = 0; s < S; s++) cmax[s] = scale * raw[s], csum[s] = 0.0f;
     for (int n = 0; n < N; n++) {
         const float *l = raw + (size_t)n * S;
         float *c = cw + (size_t)n * S;
         float mx = scale * l[0];
-        for (int s = 1; s < S; s++) mx = fmaxf(mx, scale * l[s]);
+        for (int s = 0; s < S; s++) mx = fmaxf(mx, scale * l[s]);
+        for (int s = 0; s < S; s++) cmax[s] = fmaxf(cmax[s], scale * l[s]);
         float sum = 0.0f;
-        for (int s = 0; s < S; s++) sum += (c[s] = expf(scale * l[s] - mx));
-        for (int s = 0; s < S; s++) c[s] /= sum;
+        for (int s = 0; s < S; s++) sum += (c[s] = fast_expf(scale * l[s] - mx));
+        float inv = 1.0f / sum;
+        for (int s = 0; s < S; s++) c[s] *= inv;
     }
-    for (int s = 0; s < S; s++) {
-        float mx = scale * raw[s];
-        for (int n = 1; n < N; n++) mx = fmaxf(mx, scale * raw[(size_t)n * S + s]);
-        float sum = 0.0f;
-        for (int n = 0; n < N; n++)
-            sum += (dw[(size_t)n * S + s] = expf(scale * raw[(size_t)n * S + s] - mx));
-        for (int n = 0; n < N; n++) dw[(size_t)n * S + s] /= sum;
+    for (int n = 0; n < N; n++) {
+        const float *l = raw + (size_t)n * S;
+        float *w = dw + (size_t)n * S;
+        for (int s = 0; s < S; s++) csum[s] += (w[s] = fast_expf(scale * l[s] - cmax[s]));
     }
+    for (int s = 0; s < S; s++) csum[s] = 1.0f / csum[s];
+    for (int n = 0; n < N; n++)
+        for (int s = 0; s < S; s++) dw[(size_t)n * S + s] *= csum[s];
 }
 
 static void experts_forward(MoeActs *a, const MoeW *w, MoeDims d) {
@@ -135,7 +143,7 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++) {
         size_t o = (size_t)b * N * S;
-        route_image(a->dw + o, a->cw + o, a->raw + o, scale, N, S);
+        route_image(a->dw + o, a->cw + o, s->col + (size_t)b * 2 * S, a->raw + o, scale, N, S);
         // slots (S,D) = Dw^T (S,N) @ y (N,D)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->dw + o, S,
                     y + (size_t)b * N * D, D, 0.0f, s->sd0 + (size_t)b * S * D, D);
@@ -171,20 +179,18 @@ static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, con
 
 // dl (N,S) = grad of the logits of one image from the grads of its dispatch
 // (dD, softmax over n per column) and combine (dC, softmax over s per row)
-// weights; written into dD.
-static void route_backward_image(float *dD, const float *dC, const float *dw, const float *cw,
-                                 int N, int S) {
-    for (int s = 0; s < S; s++) {
-        float dot = 0.0f;
-        for (int n = 0; n < N; n++) dot += dw[(size_t)n * S + s] * dD[(size_t)n * S + s];
-        for (int n = 0; n < N; n++)
-            dD[(size_t)n * S + s] = dw[(size_t)n * S + s] * (dD[(size_t)n * S + s] - dot);
-    }
+// weights; written into dD. col (S) holds the column dot products.
+static void route_backward_image(float *dD, float *col, const float *dC, const float *dw,
+                                 const float *cw, int N, int S) {
+    for (int s = 0; s < S; s++) col[s] = 0.0f;
+    for (int n = 0; n < N; n++)
+        for (int s = 0; s < S; s++) col[s] += dw[(size_t)n * S + s] * dD[(size_t)n * S + s];
     for (int n = 0; n < N; n++) {
-        const float *c = cw + (size_t)n * S, *gc = dC + (size_t)n * S;
+        const float *c = cw + (size_t)n * S, *gc = dC + (size_t)n * S, *w = dw + (size_t)n * S;
+        float *d = dD + (size_t)n * S;
         float dot = 0.0f;
         for (int s = 0; s < S; s++) dot += c[s] * gc[s];
-        for (int s = 0; s < S; s++) dD[(size_t)n * S + s] += c[s] * (gc[s] - dot);
+        for (int s = 0; s < S; s++) d[s] = w[s] * (d[s] - col[s]) + c[s] * (gc[s] - dot);
     }
 }
 
@@ -213,7 +219,8 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
                     s->sd0 + os, D, 0.0f, s->dD + on, S);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, S, 1.0f, a->dw + on, S,
                     s->sd0 + os, D, 1.0f, dy + od, D);
-        route_backward_image(s->dD + on, s->dC + on, a->dw + on, a->cw + on, N, S);
+        route_backward_image(s->dD + on, s->col + (size_t)b * 2 * S, s->dC + on, a->dw + on,
+                             a->cw + on, N, S);
     }
     // logits = scale * raw: d scale = <dl, raw>; d raw = scale * dl
     double ds = 0.0;

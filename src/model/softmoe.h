@@ -41,6 +41,7 @@ typedef struct {
     float *dh, *dhg;                // (E,B*P,M)
     float *dxn;                     // (B,N,D)
     float *dmun;                    // (D,S)
+    float *col;                     // (B,2S) per-image column statistics
 } MoeScratch;
 
 // Floats each structure needs (for one arena carve).

@@ -9,6 +9,7 @@
 typedef struct {
     float lr, b1, one_b1, b2, one_b2, eps;
     float c1, c2; // bias corrections 1/(1-b1^t), 1/(1-b2^t)
+    float gscale; // gradient multiplier (the clipping factor)
 } AdamStep;
 
 // One tensor of n elements. Called by every thread of the enclosing parallel
@@ -21,7 +22,7 @@ static void adam_tensor(float *restrict p, const float *restrict g, float *restr
                         float *restrict v, size_t n, float wd, AdamStep k) {
 #pragma omp for schedule(static) nowait
     for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
+        float gi = g[i] * k.gscale;
         float mi = k.b1 * m[i] + k.one_b1 * gi;
         float vi = k.b2 * v[i] + k.one_b2 * gi * gi;
         float u = (mi * k.c1) / (sqrtf(vi * k.c2) + k.eps);
@@ -34,13 +35,14 @@ static void adam_tensor(float *restrict p, const float *restrict g, float *restr
 
 void adam_update(float *params, const float *grads, float *m, float *v,
                  const ParamTable *pt, const float *wd, double lr, double b1,
-                 double b2, double eps, long t) {
+                 double b2, double eps, long t, float gscale) {
     SM_CHECK(t >= 1, "adam_update: update count t = %ld, must start at 1", t);
     AdamStep k = {
         .lr = (float)lr, .b1 = (float)b1, .one_b1 = (float)(1.0 - b1),
         .b2 = (float)b2, .one_b2 = (float)(1.0 - b2), .eps = (float)eps,
         .c1 = (float)(1.0 / (1.0 - pow(b1, (double)t))),
         .c2 = (float)(1.0 / (1.0 - pow(b2, (double)t))),
+        .gscale = gscale,
     };
     // One parallel region for the whole table: a region per tensor would pay
     // a fork/join for each of the many small bias and scale tensors.

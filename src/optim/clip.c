@@ -39,10 +39,14 @@ double l2_norm(const float *x, size_t n) {
     return sqrt(s);
 }
 
+float clip_factor(double norm, double max_norm) {
+    return max_norm > 0 && norm > max_norm ? (float)(max_norm / norm) : 1.0f;
+}
+
 double clip_global_norm(float *grads, size_t n, double max_norm) {
     double norm = l2_norm(grads, n);
     if (max_norm > 0 && norm > max_norm) {
-        float scale = (float)(max_norm / norm);
+        float scale = clip_factor(norm, max_norm);
 #pragma omp parallel for schedule(static) if (n >= NORM_PARALLEL_MIN)
         for (size_t i = 0; i < n; i++) grads[i] *= scale;
     }

@@ -53,6 +53,12 @@ double l2_norm(const float *x, size_t n);
 // and the norm exceeds it, scales grads in place so the norm is max_norm.
 double clip_global_norm(float *grads, size_t n, double max_norm);
 
+// The factor clipping multiplies gradients by: max_norm / norm when max_norm
+// > 0 and norm > max_norm, else 1. Passed to adam_update as gscale, it clips
+// without a separate pass over the gradients (bit-identical to
+// clip_global_norm followed by adam_update with gscale 1).
+float clip_factor(double norm, double max_norm);
+
 // ---- Adam (adam.c) ----
 
 // One Adam step with decoupled weight decay (vmoe), for every tensor of pt:
@@ -60,8 +66,9 @@ double clip_global_norm(float *grads, size_t n, double max_norm);
 //   p -= lr * (mhat / (sqrt(vhat) + eps) + wd[i] p),
 //   mhat = m / (1-b1^t), vhat = v / (1-b2^t).
 // params, grads, m, v are blocks laid out by pt (pt->total floats); wd has
-// pt->n entries (wd_per_tensor); t is the 1-based update count. The padding
+// pt->n entries (wd_per_tensor); t is the 1-based update count; every
+// gradient is first multiplied by gscale (clip_factor, or 1). The padding
 // between tensors is never read or written.
 void adam_update(float *params, const float *grads, float *m, float *v,
                  const ParamTable *pt, const float *wd, double lr, double b1,
-                 double b2, double eps, long t);
+                 double b2, double eps, long t, float gscale);

@@ -111,12 +111,12 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
             sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the data)",
                    loss, step + 1);
         vit_backward(&t.m, t.images, t.targets, t.B);
-        double gnorm = clip_global_norm(t.m.grads, n, c->clip);
+        double gnorm = l2_norm(t.m.grads, n);
         if (!isfinite(gnorm))
             sm_die("gradient norm is %g at step %ld: training diverged", gnorm, step + 1);
         double lr = sched_lr(c, step);
         adam_update(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1, c->b2,
-                    c->eps, step + 1);
+                    c->eps, step + 1, clip_factor(gnorm, c->clip));
         win_loss += loss, win++;
         if (step == 0) res->first_loss = loss;
         int last = step + 1 == c->steps;
