@@ -60,7 +60,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench clean
+.PHONY: all deps found test train bench bench-experts clean
 all: found $(BIN)
 
 found:
@@ -101,9 +101,18 @@ test: found $(BIN) $(TESTS)
 train: found $(BIN)
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)
 
+# ViT-S/16 at 224 px, batch 8, 1000 classes: dense, Soft MoE 32x4 and 128x1
+# (the last needs ~15 GB of RAM), then the default config.
+S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent
 bench: found $(BIN)
-	$(BIN) bench configs/vit_s16.ini train.batch_size=8 $(ARGS)
+	$(BIN) bench configs/vit_s16.ini $(S16) $(ARGS)
+	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)
+	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) $(ARGS)
 	$(BIN) bench configs/fmnist_softmoe.ini $(ARGS)
+
+# Step time against the number of experts at 128 slots (scripts/bench_experts.sh).
+bench-experts: found $(BIN)
+	sh scripts/bench_experts.sh $(BIN)
 
 clean:
 	rm -rf $(BUILD)

@@ -8,6 +8,8 @@
 
 #include "../core/common.h"
 #include "../core/rng.h"
+#include "../model/layers.h"
+#include "../model/softmoe.h"
 #include "../model/vit.h"
 #include "../optim/optim.h"
 
@@ -26,6 +28,90 @@ double bench_sgemm_peak(int n, int reps) {
     }
     free(a); free(b); free(c);
     return best;
+}
+
+static float *filled(size_t n, Rng *r, float a) {
+    float *p = sm_aligned(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = a * rng_normal(r);
+    return p;
+}
+
+// Seconds for forward + backward of a dense MLP block (gelu MLP) on R rows.
+static double time_mlp(int R, int D, int M, int reps, Rng *r) {
+    float *x = filled((size_t)R * D, r, 1), *w1 = filled((size_t)D * M, r, 0.05f);
+    float *w2 = filled((size_t)M * D, r, 0.05f), *b1 = filled(M, r, 0), *b2 = filled(D, r, 0);
+    float *h = filled((size_t)R * M, r, 0), *hg = filled((size_t)R * M, r, 0);
+    float *y = filled((size_t)R * D, r, 0), *dh = filled((size_t)R * M, r, 0);
+    float *dhg = filled((size_t)R * M, r, 0), *dx = filled((size_t)R * D, r, 0);
+    float *g1 = filled((size_t)D * M, r, 0), *g2 = filled((size_t)M * D, r, 0);
+    float *gb1 = filled(M, r, 0), *gb2 = filled(D, r, 0);
+    double best = 1e30;
+    for (int i = 0; i < reps + 1; i++) {
+        double t0 = sm_now();
+        dense_forward(h, x, w1, b1, R, D, M, 0);
+        gelu_forward(hg, h, (size_t)R * M);
+        dense_forward(y, hg, w2, b2, R, M, D, 0);
+        memset(dhg, 0, (size_t)R * M * sizeof(float));
+        dense_backward(dhg, g2, gb2, y, hg, w2, R, M, D);
+        memset(dh, 0, (size_t)R * M * sizeof(float));
+        gelu_backward(dh, dhg, h, (size_t)R * M);
+        dense_backward(dx, g1, gb1, dh, x, w1, R, D, M);
+        double t = sm_now() - t0;
+        if (i > 0 && t < best) best = t;
+    }
+    float *all[] = {x, w1, w2, b1, b2, h, hg, y, dh, dhg, dx, g1, g2, gb1, gb2};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
+    return best;
+}
+
+// Seconds for forward + backward of one Soft MoE layer on (B,N,D) tokens.
+static double time_moe(MoeDims d, int reps, Rng *r) {
+    const size_t S = (size_t)d.E * d.P, BND = (size_t)d.B * d.N * d.D;
+    float *abuf = filled(softmoe_acts_floats(d), r, 0), *sbuf = filled(softmoe_scratch_floats(d), r, 0);
+    MoeActs a;
+    MoeScratch sc;
+    softmoe_acts_carve(&a, abuf, d);
+    softmoe_scratch_carve(&sc, sbuf, d);
+    size_t nw = (size_t)d.D * S + 1 + 2 * (size_t)d.E * d.D * d.M + (size_t)d.E * (d.M + d.D);
+    float *wb = filled(nw, r, 0.05f), *gb = filled(nw, r, 0);
+    MoeW w, g;
+    MoeW *both[2] = {&w, &g};
+    float *base[2] = {wb, gb};
+    for (int k = 0; k < 2; k++) {
+        float *p = base[k];
+        both[k]->mu = p, p += (size_t)d.D * S;
+        both[k]->scale = p, p += 1;
+        both[k]->w1 = p, p += (size_t)d.E * d.D * d.M;
+        both[k]->b1 = p, p += (size_t)d.E * d.M;
+        both[k]->w2 = p, p += (size_t)d.E * d.M * d.D;
+        both[k]->b2 = p;
+    }
+    w.scale[0] = 1.0f;
+    float *y = filled(BND, r, 1), *out = filled(BND, r, 0), *dy = filled(BND, r, 0);
+    double best = 1e30;
+    for (int i = 0; i < reps + 1; i++) {
+        double t0 = sm_now();
+        softmoe_forward(out, &a, &sc, y, &w, d, 0);
+        softmoe_backward(dy, &g, &sc, out, &a, y, &w, d);
+        double t = sm_now() - t0;
+        if (i > 0 && t < best) best = t;
+    }
+    free(abuf); free(sbuf); free(wb); free(gb); free(y); free(out); free(dy);
+    return best;
+}
+
+// The Soft MoE block against the dense MLP it replaces (paper, Section 3:
+// about the same cost at equal slot count).
+static void bench_blocks(const VitDims *d, int B) {
+    Rng r;
+    rng_seed(&r, 3, 4);
+    MoeDims md = {B, d->N, d->D, d->M, d->E, d->EP};
+    double tm = time_moe(md, 5, &r);
+    double ts = time_mlp(B * d->ES, d->D, d->M, 5, &r);
+    double tn = time_mlp(B * d->N, d->D, d->M, 5, &r);
+    printf("block fwd+bwd: soft_moe %.2f ms (E=%d P=%d, %d slots) | dense mlp on %d slots %.2f ms "
+           "(ratio %.2f) | dense mlp on %d tokens %.2f ms (ratio %.2f)\n",
+           tm * 1e3, d->E, d->EP, d->ES, d->ES, ts * 1e3, tm / ts, d->N, tn * 1e3, tm / tn);
 }
 
 void bench_run(const Config *c, int steps) {
@@ -79,6 +165,7 @@ void bench_run(const Config *c, int steps) {
     printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of 3)\n", peak);
     printf("mfu: %.1f%%\n", 100.0 * gflops / peak);
     printf("peak_rss_mb: %.0f\n", (double)sm_peak_rss() / 1048576.0);
+    if (d->n_moe) bench_blocks(d, B);
     free(opt_m); free(opt_v); free(wd); free(img); free(tgt);
     vit_free(&m);
 }
