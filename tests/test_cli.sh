@@ -54,6 +54,32 @@ expect_fail "missing config" "nope.ini" "$BIN" params "$T/nope.ini"
 "$BIN" params configs/vit_s16.ini model.classes=29593 model.loss=sigmoid_xent >"$T/p" 2>&1
 if grep -qx "params: 33058201" "$T/p"; then ok; else bad "ViT-S/16 params:"; cat "$T/p"; fi
 
+# the paper's models (Soft MoE paper, Table 9 sizes with JFT's 29,593 classes)
+while read -r cfg want; do
+    got=$("$BIN" params "configs/$cfg.ini" 2>&1 | sed -n 's/^params: //p')
+    if [ "$got" = "$want" ]; then ok; else bad "$cfg params: got '$got', want $want"; fi
+done <<'LIST'
+vit_s16 33058201
+vit_b16 108554137
+vit_l16 333632409
+vit_h14 668670873
+vit_s16_softmoe 933707935
+vit_s14_softmoe 1841400991
+vit_b16_softmoe 3707637151
+vit_l16_softmoe 13127246757
+vit_h14_softmoe 54177401769
+LIST
+# forward GFLOP per image within 2% of the paper's Table 1
+while read -r cfg want; do
+    got=$("$BIN" params "configs/$cfg.ini" 2>&1 | sed -n 's/^gflops_per_image: //p')
+    if awk -v g="$got" -v w="$want" 'BEGIN { d = (g - w) / w; exit !(g != "" && d < 0.02 && d > -0.02) }'
+    then ok; else bad "$cfg gflops: got '$got', want $want +- 2%"; fi
+done <<'LIST'
+vit_h14 334.2
+vit_b16_softmoe 32.0
+vit_l16_softmoe 111.1
+LIST
+
 # a diverging run stops with the step named, and says so on stderr
 expect_fail "divergence" "at step [0-9]" "$BIN" train "$T/base.ini" optim.lr=1e30 optim.clip=0 \
     schedule.warmup_steps=0 train.workdir="$T/w2"
