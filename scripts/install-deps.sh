@@ -8,7 +8,7 @@ libopenblas-openmp-dev
 libhdf5-dev hdf5-tools
 libinih-dev
 libarchive-dev libzstd-dev
-libpng-dev libjpeg62-turbo-dev
+libpng-dev libjpeg62-turbo-dev zlib1g-dev
 check
 libopenmpi-dev openmpi-bin
 dataset-fashion-mnist"

@@ -1,0 +1,60 @@
+// WebDataset tar shards (DESIGN.md "Data: image shards"): brace-pattern shard
+// lists, sequential reading with libarchive (plain tar, .tar.gz, .tar.zst),
+// samples = runs of adjacent members sharing the name up to the first dot.
+// Also the `softmoe shards` writer (shards_write.c).
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+// Expands "a-{000..003}.tar,b.tar" (comma-separated patterns, each with at
+// most one numeric brace range keeping its zero padding) into *paths (n
+// entries, each malloc'd, the array too). Does not touch the filesystem.
+// Returns 0, or -1 with a message naming the pattern.
+int shards_expand(const char *patterns, char ***paths, int *n, char *err, size_t errlen);
+void shards_free_list(char **paths, int n);
+
+#define SHARD_KEY 256
+#define SHARD_MAX_LABELS 64
+// Larger members are treated as corrupt samples (img NULL, too_big set), so
+// one bad file cannot make a decode thread allocate without bound.
+#define SHARD_MAX_MEMBER ((size_t)64 << 20)
+
+// One sample as found in a shard. img/cls point into reader-owned buffers
+// valid until the next shard_next call.
+typedef struct {
+    char key[SHARD_KEY];
+    const unsigned char *img;   // bytes of the first .jpg/.jpeg/.png member, NULL if none
+    size_t img_len;
+    int nlabels;                // labels parsed from .cls (comma-separated), 0 if none
+    int labels[SHARD_MAX_LABELS];
+    int bad_label;              // .cls present but not parsable as non-negative integers
+    uint64_t index;             // 0-based sample index within the shard
+    int too_big;                // an image member exceeded SHARD_MAX_MEMBER (img is NULL)
+} ShardSample;
+
+typedef struct ShardReader ShardReader;
+
+// Opens a shard (compression detected by libarchive). NULL with err filled
+// (naming the path) when it cannot be opened.
+ShardReader *shard_open(const char *path, char *err, size_t errlen);
+// Next sample: 1 = got one, 0 = end of shard, -1 = the archive is truncated
+// or corrupt from here on (err names the shard and the last key); the caller
+// counts it and moves to the next shard. The sample being read when the
+// damage was found is dropped: it may lack members (e.g. its .cls).
+int shard_next(ShardReader *r, ShardSample *s, char *err, size_t errlen);
+void shard_close(ShardReader *r);
+
+// Parses .cls text: one or more comma-separated non-negative decimal integers,
+// whitespace allowed around each. Returns how many (1..max), or -1 when the
+// text is empty, malformed, out of int range or has more than max labels.
+int shards_parse_labels(const char *txt, size_t len, int *labels, int max);
+
+// Writes Fashion-MNIST (idx files, gzip or plain) as PNG+cls shards:
+// prefix-000000.tar, ... with per_shard samples each. split = "train" or
+// "t10k" picks the idx file pair in dir. Returns the number of samples, or -1.
+long shards_write_idx(const char *dir, const char *split, const char *prefix, int per_shard,
+                      char *err, size_t errlen);
+// Writes an image folder root/<class>/<image> (classes in sorted order,
+// images sorted by name) as shards; image bytes copied as they are.
+long shards_write_folder(const char *root, const char *prefix, int per_shard, char *err,
+                         size_t errlen);
