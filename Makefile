@@ -23,7 +23,7 @@ comma := ,
 
 # A fresh machine: install the Debian packages before probing (not for clean/deps).
 ifneq ($(filter-out clean deps,$(or $(MAKECMDGOALS),all)),)
-  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive && command -v mpicc >/dev/null && echo ok),ok)
+  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive zlib && command -v mpicc >/dev/null && echo ok),ok)
     $(info softmoe: Debian packages missing, running scripts/install-deps.sh)
     $(shell sh scripts/install-deps.sh >&2)
   endif
@@ -35,7 +35,7 @@ BLAS_PC := $(firstword $(foreach p,openblas blas,$(if $(call have,$(p)),$(p))))
 HDF5_PC := $(if $(call have,hdf5-serial),hdf5-serial)
 PKGS    := $(BLAS_PC) $(if $(call have,inih),inih) $(HDF5_PC) \
            $(if $(call have,libpng),libpng) $(if $(call have,libjpeg),libjpeg) \
-           $(if $(call have,libarchive),libarchive)
+           $(if $(call have,libarchive),libarchive) $(if $(call have,zlib),zlib)
 
 ifeq ($(NO_MPI),1)
   MPICC :=
@@ -98,7 +98,14 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 test: found $(BIN) $(TESTS)
 	@sh scripts/run-tests.sh $(BIN) $(TESTS)
 
-train: found $(BIN)
+# The default run trains on Fashion-MNIST shards, written once from the idx
+# files of Debian's dataset-fashion-mnist (60k train, 10k test).
+FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
+FMNIST     := data/fmnist
+$(FMNIST)/test-000000.tar: | $(BIN)
+	$(BIN) shards fmnist $(FMNIST_IDX) $(FMNIST) 10000
+
+train: found $(BIN) $(if $(filter fmnist_softmoe finetune_fmnist,$(CONFIG)),$(FMNIST)/test-000000.tar)
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)
 
 # ViT-S/16 at 224 px, batch 8, 1000 classes: dense, Soft MoE 32x4 and 128x1

@@ -5,6 +5,7 @@
 
 #include "core/common.h"
 #include "core/config.h"
+#include "data/shards.h"
 #include "model/vit.h"
 #include "train/bench.h"
 #include "train/train.h"
@@ -17,6 +18,10 @@ static void usage(FILE *f) {
             "          train.workdir)\n"
             "  params  parameter count per group and forward GFLOP per image, no data\n"
             "  bench   time forward+backward+update; img/s, GFLOP/s, MFU vs this machine's sgemm\n"
+            "  shards  write WebDataset shards (PNG + .cls members):\n"
+            "            softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]   Fashion-MNIST idx files\n"
+            "              -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
+            "            softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]   ROOT/<class>/<image>\n"
             "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 optim.lr=5e-4\n");
 }
 
@@ -62,12 +67,41 @@ static int cmd_params(const Config *c) {
     return 0;
 }
 
+static int cmd_shards(int argc, char **argv) {
+    if (argc < 5 || (strcmp(argv[2], "fmnist") && strcmp(argv[2], "folder"))) {
+        fprintf(stderr, "softmoe: error: usage: softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]"
+                        " | softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]\n");
+        return 2;
+    }
+    int per = argc > 5 ? atoi(argv[5]) : 10000;
+    if (per < 1) {
+        fprintf(stderr, "softmoe: error: PER_SHARD must be a positive integer, got '%s'\n", argv[5]);
+        return 2;
+    }
+    char err[1024], prefix[4096];
+    if (!strcmp(argv[2], "folder")) {
+        long n = shards_write_folder(argv[3], argv[4], per, err, sizeof err);
+        if (n < 0) sm_die("%s", err);
+        printf("wrote %ld samples from %s to %s-*.tar\n", n, argv[3], argv[4]);
+        return 0;
+    }
+    const char *split[2][2] = {{"train", "train"}, {"t10k", "test"}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(prefix, sizeof prefix, "%s/%s", argv[4], split[i][1]);
+        long n = shards_write_idx(argv[3], split[i][0], prefix, per, err, sizeof err);
+        if (n < 0) sm_die("%s", err);
+        printf("wrote %ld %s samples to %s-*.tar\n", n, split[i][1], prefix);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "shards")) return cmd_shards(argc, argv);
     if (strcmp(cmd, "train") && strcmp(cmd, "params") && strcmp(cmd, "bench")) {
         fprintf(stderr, "softmoe: error: unknown command '%s'\n", cmd);
         usage(stderr);
@@ -85,14 +119,6 @@ int main(int argc, char **argv) {
         const char *s = getenv("SOFTMOE_BENCH_STEPS");
         bench_run(&c, s ? atoi(s) : 5);
         return 0;
-    }
-    if (strcmp(c.source, "synthetic")) {
-        // Stop before any work rather than train on something else.
-        fprintf(stderr,
-                "softmoe: error: %s: data.source = %s is not readable yet (image shards and "
-                "folders land with the data issue); use data.source=synthetic\n",
-                argv[2], c.source);
-        return 2;
     }
     TrainResult r;
     train_run(&c, 0, &r);

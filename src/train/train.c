@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "../core/common.h"
+#include "../data/loader.h"
 #include "../data/synthetic.h"
 #include "../model/vit.h"
 #include "../optim/optim.h"
@@ -19,7 +20,29 @@ typedef struct {
     float *images, *targets;
     int *labels;
     int B;
+    Loader *ld;                  // NULL for data.source = synthetic
 } Trainer;
+
+static LoaderSpec loader_spec(const Config *c, int train) {
+    return (LoaderSpec){.source = c->source, .paths = train ? c->train : c->val,
+                        .pp = train ? c->pp_train : c->pp_eval, .S = c->image_size,
+                        .C = c->channels, .K = c->classes,
+                        .B = train ? c->batch_size : c->eval_batch_size, .seed = c->seed,
+                        .rank = 0, .world = 1, .threads = c->threads,
+                        .shuffle_buffer = c->shuffle_buffer, .train = train};
+}
+
+// The next training batch into t->images / t->targets.
+static void next_batch(Trainer *t, const Config *c, long step) {
+    const VitDims *d = &t->m.d;
+    if (!t->ld) {
+        synthetic_batch(t->images, t->targets, NULL, t->B, d->S, d->C, d->K, c->seed,
+                        (uint64_t)step * (uint64_t)t->B);
+        return;
+    }
+    int got = loader_next(t->ld, t->images, t->targets, NULL);
+    SM_CHECK(got == t->B, "data: short training batch (%d of %d)", got, t->B);
+}
 
 static void trainer_setup(Trainer *t, const Config *c) {
     memset(t, 0, sizeof *t);
@@ -48,6 +71,42 @@ static void trainer_free(Trainer *t) {
     vit_free(&t->m);
     free(t->opt_m); free(t->opt_v); free(t->wd);
     free(t->images); free(t->targets); free(t->labels);
+    loader_close(t->ld);
+}
+
+static void score(Trainer *t, int B, long *correct, double *lsum) {
+    const VitDims *d = &t->m.d;
+    *lsum += vit_forward(&t->m, t->images, t->targets, B) * B;
+    for (int b = 0; b < B; b++) {
+        const float *z = t->m.a.logits + (size_t)b * d->K;
+        int best = 0;
+        for (int k = 1; k < d->K; k++) best = z[k] > z[best] ? k : best;
+        *correct += t->targets[(size_t)b * d->K + best] > 0.5f;
+    }
+}
+
+// prec@1 (the top class is one of the labels) and mean loss over data.val,
+// read once in order with the eval preprocessing, in batches of at most B.
+static int evaluate_val(Trainer *t, const Config *c, double *prec1, double *loss) {
+    if (!c->val[0]) return 0;
+    LoaderSpec sp = loader_spec(c, 0);
+    sp.B = t->B;
+    sp.quiet = 1;
+    char err[1024];
+    Loader *ld = loader_open(&sp, err, sizeof err);
+    if (!ld) sm_die("%s (data.val)", err);
+    long correct = 0, seen = 0;
+    double lsum = 0;
+    int B;
+    while ((B = loader_next(ld, t->images, t->targets, NULL)) > 0) {
+        score(t, B, &correct, &lsum);
+        seen += B;
+    }
+    loader_close(ld);
+    SM_CHECK(seen > 0, "data.val '%s' gave no usable sample", c->val);
+    *prec1 = (double)correct / (double)seen;
+    *loss = lsum / (double)seen;
+    return 1;
 }
 
 // prec@1 and mean loss over n held-out synthetic images.
@@ -59,13 +118,7 @@ static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *
         int B = n - i < t->B ? n - i : t->B;
         synthetic_batch(t->images, t->targets, t->labels, B, d->S, d->C, d->K, c->seed,
                         SYN_VAL_OFFSET + (uint64_t)i);
-        lsum += vit_forward(&t->m, t->images, t->targets, B) * B;
-        for (int b = 0; b < B; b++) {
-            const float *z = t->m.a.logits + (size_t)b * d->K;
-            int best = 0;
-            for (int k = 1; k < d->K; k++) best = z[k] > z[best] ? k : best;
-            correct += best == t->labels[b];
-        }
+        score(t, B, &correct, &lsum);
         seen += B;
     }
     *prec1 = (double)correct / (double)seen;
@@ -81,18 +134,40 @@ static void progress(long step, long steps, double loss, double lr, double ips, 
     fflush(stderr);
 }
 
+// Writes one evaluation line to metrics.jsonl (and stderr).
+static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet, double *prec1,
+                     double *loss) {
+    if (t->ld) {
+        if (!evaluate_val(t, c, prec1, loss)) return;
+    } else {
+        evaluate(t, c, 1024, prec1, loss);
+    }
+    fprintf(mf, "{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", step, *prec1,
+            *loss);
+    fflush(mf);
+    if (!quiet)
+        fprintf(stderr, "softmoe: step %ld: val prec@1 %.4f, val loss %.4f\n", step, *prec1, *loss);
+}
+
 void train_run(const Config *c, int quiet, TrainResult *res) {
     memset(res, 0, sizeof *res);
+    // Everything that can fail on bad input (model, data sources) comes
+    // before the workdir is touched.
+    Trainer t;
+    trainer_setup(&t, c);
+    if (strcmp(c->source, "synthetic")) {
+        LoaderSpec sp = loader_spec(c, 1);
+        sp.quiet = quiet;
+        char err[1024];
+        t.ld = loader_open(&sp, err, sizeof err);
+        if (!t.ld) sm_die("%s (data.train)", err);
+    }
     sm_mkdirs(c->workdir);
     char path[CFG_PATH + 64];
     snprintf(path, sizeof path, "%s/config.ini", c->workdir);
     if (config_write(c, path) != 0) sm_die("cannot write the resolved config to '%s'", path);
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->workdir);
     FILE *mf = sm_fopen(path, "w");
-
-    Trainer t;
-    trainer_setup(&t, c);
-    const VitDims *d = &t.m.d;
     const size_t n = t.m.pt.total;
     const int tty = isatty(2) && !quiet;
     double t0 = sm_now(), tlog = t0, wait = 0, wait_log = 0, win_loss = 0;
@@ -102,8 +177,7 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
                 c->workdir, c->steps, t.B, (double)n / 1e6, c->source);
     for (long step = 0; step < c->steps; step++) {
         double td = sm_now();
-        synthetic_batch(t.images, t.targets, NULL, t.B, d->S, d->C, d->K, c->seed,
-                        (uint64_t)step * (uint64_t)t.B);
+        next_batch(&t, c, step);
         wait += sm_now() - td;
         vit_zero_grad(&t.m);
         double loss = vit_forward(&t.m, t.images, t.targets, t.B);
@@ -128,8 +202,10 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
             double pnorm = l2_norm(t.m.params, n);
             fprintf(mf,
                     "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"img_per_s\": %.4g, "
-                    "\"l2_grads\": %.6g, \"l2_params\": %.6g, \"data_wait\": %.4g}\n",
-                    step + 1, mean, lr, ips, gnorm, pnorm, wfrac);
+                    "\"l2_grads\": %.6g, \"l2_params\": %.6g, \"data_wait\": %.4g, "
+                    "\"skipped\": %llu}\n",
+                    step + 1, mean, lr, ips, gnorm, pnorm, wfrac,
+                    (unsigned long long)(t.ld ? loader_skipped(t.ld) : 0));
             fflush(mf);
             if (!quiet) progress(step + 1, c->steps, mean, lr, ips, wfrac, eta, tty);
             res->last_loss = mean;
@@ -137,11 +213,14 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
             tlog = now, wait_log = wait, win_loss = 0, win = 0;
         }
         res->steps_done = step + 1;
+        if (c->eval_every > 0 && (step + 1) % c->eval_every == 0 && !last) {
+            double p1, vl;
+            if (tty) fputc('\n', stderr);
+            log_eval(mf, &t, c, step + 1, quiet, &p1, &vl);
+        }
     }
     if (tty) fputc('\n', stderr);
-    evaluate(&t, c, 1024, &res->val_prec1, &res->val_loss);
-    fprintf(mf, "{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", res->steps_done,
-            res->val_prec1, res->val_loss);
+    log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
     if (ferror(mf)) sm_die("writing metrics to '%s' failed", path);
     sm_fclose(mf, path);
     if (!quiet)
