@@ -22,6 +22,7 @@ static void usage(FILE *f) {
             "            softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]   Fashion-MNIST idx files\n"
             "              -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
             "            softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]   ROOT/<class>/<image>\n"
+            "            softmoe shards synth OUT_PREFIX N [PER_SHARD]       N synthetic 320x240 JPEGs\n"
             "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 optim.lr=5e-4\n");
 }
 
@@ -68,9 +69,11 @@ static int cmd_params(const Config *c) {
 }
 
 static int cmd_shards(int argc, char **argv) {
-    if (argc < 5 || (strcmp(argv[2], "fmnist") && strcmp(argv[2], "folder"))) {
+    if (argc < 5 || (strcmp(argv[2], "fmnist") && strcmp(argv[2], "folder") &&
+                     strcmp(argv[2], "synth"))) {
         fprintf(stderr, "softmoe: error: usage: softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]"
-                        " | softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]\n");
+                        " | softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]"
+                        " | softmoe shards synth OUT_PREFIX N [PER_SHARD]\n");
         return 2;
     }
     int per = argc > 5 ? atoi(argv[5]) : 10000;
@@ -79,6 +82,17 @@ static int cmd_shards(int argc, char **argv) {
         return 2;
     }
     char err[1024], prefix[4096];
+    if (!strcmp(argv[2], "synth")) {
+        long want = atol(argv[4]);
+        if (want < 1) {
+            fprintf(stderr, "softmoe: error: N must be a positive integer, got '%s'\n", argv[4]);
+            return 2;
+        }
+        long n = shards_write_synthetic(argv[3], want, per, 320, 240, 10, 0, err, sizeof err);
+        if (n < 0) sm_die("%s", err);
+        printf("wrote %ld synthetic JPEG samples to %s-*.tar\n", n, argv[3]);
+        return 0;
+    }
     if (!strcmp(argv[2], "folder")) {
         long n = shards_write_folder(argv[3], argv[4], per, err, sizeof err);
         if (n < 0) sm_die("%s", err);

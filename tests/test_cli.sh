@@ -89,5 +89,26 @@ if "$BIN" train "$T/base.ini" train.workdir="$T/w3" >"$T/out" 2>"$T/err" \
    && [ -s "$T/w3/config.ini" ] && [ "$(grep -c '"loss"' "$T/w3/metrics.jsonl")" -ge 1 ]; then ok
 else bad "short run"; cat "$T/err"; fi
 
+# data: a shard pattern that matches no file stops before any work, naming it
+expect_fail "missing shards" "nothing-000000.tar" "$BIN" train "$T/base.ini" data.source=shards \
+    "data.train=$T/nothing-{000000..000003}.tar" data.pp_train="resize(16)" train.workdir="$T/w4"
+[ -e "$T/w4" ] && bad "missing shards: workdir was created before the error" || ok
+
+# data: an image folder -> shards -> a short training run that reads them
+mkdir -p "$T/imgs/cat" "$T/imgs/dog"
+for i in 0 1 2 3 4 5; do
+    printf 'P5\n16 16\n255\n' >"$T/x.pgm"   # not a PNG/JPEG: the writer skips it
+    cp "$T/x.pgm" "$T/imgs/cat/$i.pgm"
+done
+"$BIN" shards folder "$T/imgs" "$T/sh/f" 4 >"$T/out" 2>"$T/err" && bad "folder without images: exited 0" || ok
+
+# a dataset with no usable sample stops with a clear error instead of training
+printf 'not an image' >"$T/imgs/cat/0.png"
+printf 'not an image' >"$T/imgs/dog/1.png"
+if "$BIN" shards folder "$T/imgs" "$T/sh/f" 4 >"$T/out" 2>"$T/err"; then ok; else bad "shards folder"; cat "$T/err"; fi
+expect_fail "no usable sample" "no usable sample" "$BIN" train "$T/base.ini" data.source=shards \
+    "data.train=$T/sh/f-{000000..000000}.tar" "data.pp_train=resize(16)|value_range(-1,1)" \
+    train.workdir="$T/w5"
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

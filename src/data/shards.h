@@ -58,3 +58,15 @@ long shards_write_idx(const char *dir, const char *split, const char *prefix, in
 // images sorted by name) as shards; image bytes copied as they are.
 long shards_write_folder(const char *root, const char *prefix, int per_shard, char *err,
                          size_t errlen);
+
+// A shard writer for other modules: samples KEY.<ext> + KEY.cls, per_shard a
+// shard, each written under a temporary name and renamed when complete.
+typedef struct ShardWriterPublic ShardWriterPublic;
+ShardWriterPublic *shard_writer_open(const char *prefix, int per_shard, char *err, size_t errlen);
+int shard_writer_add(ShardWriterPublic *w, const char *ext, const void *img, size_t len,
+                     int label, char *err, size_t errlen);
+// ok = 0 abandons the shard in progress. Returns the samples written or -1.
+long shard_writer_close(ShardWriterPublic *w, int ok, char *err, size_t errlen);
+// Seeded synthetic JPEG shards (w x h RGB gratings, K classes), for benchmarks.
+long shards_write_synthetic(const char *prefix, long n, int per_shard, int w, int h, int K,
+                            uint64_t seed, char *err, size_t errlen);

@@ -146,6 +146,35 @@ static long writer_finish(ShardWriter *w) {
     return w->n;
 }
 
+// Public wrapper over the writer for other modules (shards_synth.c).
+struct ShardWriterPublic {
+    ShardWriter w;
+};
+
+ShardWriterPublic *shard_writer_open(const char *prefix, int per_shard, char *err, size_t errlen) {
+    ShardWriterPublic *p = sm_calloc(1, sizeof *p);
+    if (writer_init(&p->w, prefix, per_shard, err, errlen) != 0) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+int shard_writer_add(ShardWriterPublic *p, const char *ext, const void *img, size_t len,
+                     int label, char *err, size_t errlen) {
+    (void)err, (void)errlen;  // writer_add reports through the writer's own err
+    return writer_add(&p->w, ext, img, len, label);
+}
+
+long shard_writer_close(ShardWriterPublic *p, int ok, char *err, size_t errlen) {
+    long n = -1;
+    if (ok) n = writer_finish(&p->w);
+    else writer_abort(&p->w);
+    (void)err, (void)errlen;
+    free(p);
+    return n;
+}
+
 // ---- Fashion-MNIST idx ------------------------------------------------------
 
 typedef struct {

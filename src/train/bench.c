@@ -8,6 +8,7 @@
 
 #include "../core/common.h"
 #include "../core/rng.h"
+#include "../data/loader.h"
 #include "../model/layers.h"
 #include "../model/softmoe.h"
 #include "../model/vit.h"
@@ -114,6 +115,29 @@ static void bench_blocks(const VitDims *d, int B) {
            tm * 1e3, d->E, d->EP, d->ES, d->ES, ts * 1e3, tm / ts, d->N, tn * 1e3, tm / tn);
 }
 
+static LoaderSpec bench_loader_spec(const Config *c, int threads) {
+    return (LoaderSpec){.source = c->source, .paths = c->train, .pp = c->pp_train,
+                        .S = c->image_size, .C = c->channels, .K = c->classes,
+                        .B = c->batch_size, .seed = c->seed, .rank = 0, .world = 1,
+                        .threads = threads, .shuffle_buffer = c->shuffle_buffer, .train = 1,
+                        .quiet = 1};
+}
+
+// Images/s the loader alone delivers with `threads` decode threads.
+static double loader_rate(const Config *c, int threads, float *img, float *tgt) {
+    LoaderSpec sp = bench_loader_spec(c, threads);
+    char err[1024];
+    Loader *l = loader_open(&sp, err, sizeof err);
+    if (!l) sm_die("%s (data.train)", err);
+    loader_next(l, img, tgt, NULL);  // the first batch pays for thread start and file opening
+    const int nb = 20;
+    double t0 = sm_now();
+    for (int i = 0; i < nb; i++) loader_next(l, img, tgt, NULL);
+    double rate = nb * sp.B / (sm_now() - t0);
+    loader_close(l);
+    return rate;
+}
+
 void bench_run(const Config *c, int steps) {
     Vit m;
     vit_build(&m, c);
@@ -136,9 +160,22 @@ void bench_run(const Config *c, int steps) {
     for (size_t i = 0; i < npix; i++) img[i] = rng_normal(&r);
     for (int b = 0; b < B; b++) tgt[(size_t)b * d->K + (size_t)b % d->K] = 1.0f;
 
-    double tf = 0, tb = 0, tu = 0;
+    Loader *ld = NULL;
+    if (strcmp(c->source, "synthetic")) {
+        for (int th = 1; th <= 2; th++)
+            printf("loader: %.1f img/s with %d decode thread%s (%s, %s)\n",
+                   loader_rate(c, th, img, tgt), th, th > 1 ? "s" : "", c->train, c->pp_train);
+        LoaderSpec sp = bench_loader_spec(c, c->threads);
+        char err[1024];
+        ld = loader_open(&sp, err, sizeof err);
+        if (!ld) sm_die("%s (data.train)", err);
+    }
+    double tf = 0, tb = 0, tu = 0, tw = 0;
     const int warm = 2;
     for (int s = 0; s < warm + steps; s++) {
+        double tl = sm_now();
+        if (ld) loader_next(ld, img, tgt, NULL);
+        if (s >= warm) tw += sm_now() - tl;
         double t0 = sm_now();
         vit_zero_grad(&m);
         vit_forward(&m, img, tgt, B);
@@ -150,6 +187,7 @@ void bench_run(const Config *c, int steps) {
         double t3 = sm_now();
         if (s >= warm) tf += t1 - t0, tb += t2 - t1, tu += t3 - t2;
     }
+    loader_close(ld);
     double step = (tf + tb + tu) / steps;
     double fwd = vit_flops_per_image(d);
     // training FLOPs: forward + backward (2x forward) per image
@@ -161,6 +199,8 @@ void bench_run(const Config *c, int steps) {
     printf("step: %.3f s (forward %.3f, backward %.3f, clip+adam %.3f)\n", step, tf / steps,
            tb / steps, tu / steps);
     printf("img_per_s: %.2f\n", B / step);
+    if (ld) printf("data_wait: %.1f%% of the step (%.4f s per batch)\n",
+                   100.0 * tw / steps / (step + tw / steps), tw / steps);
     printf("model_gflops_per_s: %.1f (3 x %.3f GFLOP forward per image)\n", gflops, fwd / 1e9);
     printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of 3)\n", peak);
     printf("mfu: %.1f%%\n", 100.0 * gflops / peak);
