@@ -8,6 +8,7 @@
 #include "data/shards.h"
 #include "model/vit.h"
 #include "train/bench.h"
+#include "train/ckpt.h"
 #include "train/train.h"
 
 static void usage(FILE *f) {
@@ -18,6 +19,7 @@ static void usage(FILE *f) {
             "          train.workdir)\n"
             "  params  parameter count per group and forward GFLOP per image, no data\n"
             "  bench   time forward+backward+update; img/s, GFLOP/s, MFU vs this machine's sgemm\n"
+            "  inspect CKPT.h5: format version, step, config, every parameter's name, shape, count\n"
             "  shards  write WebDataset shards (PNG + .cls members):\n"
             "            softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]   Fashion-MNIST idx files\n"
             "              -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
@@ -116,6 +118,18 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "shards")) return cmd_shards(argc, argv);
+    if (!strcmp(cmd, "inspect")) {
+        char err[1024];
+        if (argc < 3) {
+            fprintf(stderr, "softmoe: error: usage: softmoe inspect CKPT.h5\n");
+            return 2;
+        }
+        if (ckpt_inspect(argv[2], err, sizeof err) != 0) {
+            fprintf(stderr, "softmoe: error: %s\n", err);
+            return 1;
+        }
+        return 0;
+    }
     if (strcmp(cmd, "train") && strcmp(cmd, "params") && strcmp(cmd, "bench")) {
         fprintf(stderr, "softmoe: error: unknown command '%s'\n", cmd);
         usage(stderr);

@@ -2,6 +2,8 @@
 #include "train.h"
 
 #include <math.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -10,6 +12,7 @@
 #include "../data/synthetic.h"
 #include "../model/vit.h"
 #include "../optim/optim.h"
+#include "ckpt.h"
 
 // The held-out split of the synthetic task lives far from the train indices.
 #define SYN_VAL_OFFSET (1ULL << 40)
@@ -21,7 +24,62 @@ typedef struct {
     int *labels;
     int B;
     Loader *ld;                  // NULL for data.source = synthetic
+    uint64_t skipped_base;       // samples skipped before a resume
 } Trainer;
+
+// SIGTERM/SIGINT (preemption): finish the step, checkpoint, exit 0.
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) { g_stop = sig; }
+
+static uint64_t skipped(const Trainer *t) {
+    return t->skipped_base + (t->ld ? loader_skipped(t->ld) : 0);
+}
+
+static void save(Trainer *t, const Config *c, long step) {
+    char cfg[1 << 16], err[1024];
+    config_to_ini(c, cfg, sizeof cfg);
+    CkptOut o = {.step = step, .world_size = 1, .config = cfg, .pt = &t->m.pt,
+                 .params = t->m.params, .m = t->opt_m, .v = t->opt_v,
+                 .pos = t->ld ? loader_pos(t->ld) : (LoaderPos){0, 0}, .skipped = skipped(t)};
+    if (ckpt_save(c->workdir, &o, err, sizeof err) != 0) sm_die("%s", err);
+    ckpt_prune(c->workdir, c->keep_ckpts, c->keep_every);
+}
+
+// Resumes from the newest checkpoint in the workdir that loads (train.resume
+// = latest: the newest or an error; latest_valid: fall back to older ones),
+// else starts from train.init's parameters if given. Returns the step to
+// continue from (0 for a fresh start).
+static long restore(Trainer *t, const Config *c, int quiet) {
+    char **paths, err[1024];
+    long *steps;
+    int n = strcmp(c->resume, "none") ? ckpt_list(c->workdir, &paths, &steps) : 0;
+    for (int i = 0; i < n; i++) {
+        CkptInfo info;
+        if (ckpt_load(paths[i], &t->m.pt, t->m.params, t->opt_m, t->opt_v, &info, err,
+                      sizeof err) == 0) {
+            if (!quiet) fprintf(stderr, "softmoe: resuming from %s (step %ld)\n", paths[i], info.step);
+            if (t->ld) loader_seek(t->ld, info.pos);
+            t->skipped_base = info.skipped;
+            long step = info.step;
+            ckpt_info_free(&info);
+            ckpt_list_free(paths, steps, n);
+            return step;
+        }
+        if (strcmp(c->resume, "latest_valid"))
+            sm_die("%s\n  (nothing was changed; set train.resume=latest_valid to fall back to an "
+                   "older checkpoint, or train.resume=none to start over)", err);
+        fprintf(stderr, "softmoe: warning: skipping unusable checkpoint: %s\n", err);
+    }
+    if (n) ckpt_list_free(paths, steps, n);
+    if (c->init[0]) {
+        CkptInfo info;
+        if (ckpt_load(c->init, &t->m.pt, t->m.params, NULL, NULL, &info, err, sizeof err) != 0)
+            sm_die("%s (train.init)", err);
+        if (!quiet) fprintf(stderr, "softmoe: initialised from %s (step %ld)\n", c->init, info.step);
+        ckpt_info_free(&info);
+    }
+    return 0;
+}
 
 static LoaderSpec loader_spec(const Config *c, int train) {
     return (LoaderSpec){.source = c->source, .paths = train ? c->train : c->val,
@@ -162,12 +220,18 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
         t.ld = loader_open(&sp, err, sizeof err);
         if (!t.ld) sm_die("%s (data.train)", err);
     }
+    long start = restore(&t, c, quiet);
     sm_mkdirs(c->workdir);
     char path[CFG_PATH + 64];
     snprintf(path, sizeof path, "%s/config.ini", c->workdir);
     if (config_write(c, path) != 0) sm_die("cannot write the resolved config to '%s'", path);
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->workdir);
-    FILE *mf = sm_fopen(path, "w");
+    FILE *mf = sm_fopen(path, start ? "a" : "w");
+    g_stop = 0;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     const size_t n = t.m.pt.total;
     const int tty = isatty(2) && !quiet;
     double t0 = sm_now(), tlog = t0, wait = 0, wait_log = 0, win_loss = 0;
@@ -175,7 +239,12 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
     if (!quiet)
         fprintf(stderr, "softmoe: training %s for %ld steps, batch %d, %.2fM params, %s\n",
                 c->workdir, c->steps, t.B, (double)n / 1e6, c->source);
-    for (long step = 0; step < c->steps; step++) {
+    res->steps_done = start;
+    // Test hook: behave as if SIGTERM arrived during this step.
+    const char *stop_env = getenv("SOFTMOE_STOP_AT_STEP");
+    long stop_at = stop_env ? atol(stop_env) : 0;
+    for (long step = start; step < c->steps; step++) {
+        if (step + 1 == stop_at) g_stop = SIGTERM;
         double td = sm_now();
         next_batch(&t, c, step);
         wait += sm_now() - td;
@@ -192,20 +261,20 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
         adam_update(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1, c->b2,
                     c->eps, step + 1, clip_factor(gnorm, c->clip));
         win_loss += loss, win++;
-        if (step == 0) res->first_loss = loss;
+        if (step == start) res->first_loss = loss;
         int last = step + 1 == c->steps;
         if ((step + 1) % c->log_every == 0 || last) {
             double now = sm_now(), dt = now - tlog;
             double ips = win * t.B / dt, wfrac = (wait - wait_log) / dt;
             double mean = win_loss / win;
-            double eta = (now - t0) / (step + 1) * (c->steps - step - 1);
+            double eta = (now - t0) / (step + 1 - start) * (c->steps - step - 1);
             double pnorm = l2_norm(t.m.params, n);
             fprintf(mf,
                     "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"img_per_s\": %.4g, "
                     "\"l2_grads\": %.6g, \"l2_params\": %.6g, \"data_wait\": %.4g, "
                     "\"skipped\": %llu}\n",
                     step + 1, mean, lr, ips, gnorm, pnorm, wfrac,
-                    (unsigned long long)(t.ld ? loader_skipped(t.ld) : 0));
+                    (unsigned long long)skipped(&t));
             fflush(mf);
             if (!quiet) progress(step + 1, c->steps, mean, lr, ips, wfrac, eta, tty);
             res->last_loss = mean;
@@ -213,17 +282,27 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
             tlog = now, wait_log = wait, win_loss = 0, win = 0;
         }
         res->steps_done = step + 1;
+        if ((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last) save(&t, c, step + 1);
+        if (g_stop) {
+            if (!((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last))
+                save(&t, c, step + 1);
+            fprintf(stderr, "%ssoftmoe: signal %d: checkpoint at step %ld written to %s; re-run "
+                    "the same command to resume\n", tty ? "\n" : "", (int)g_stop, step + 1,
+                    c->workdir);
+            res->preempted = 1;
+            break;
+        }
         if (c->eval_every > 0 && (step + 1) % c->eval_every == 0 && !last) {
             double p1, vl;
             if (tty) fputc('\n', stderr);
             log_eval(mf, &t, c, step + 1, quiet, &p1, &vl);
         }
     }
-    if (tty) fputc('\n', stderr);
-    log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
+    if (tty && !res->preempted) fputc('\n', stderr);
+    if (!res->preempted) log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
     if (ferror(mf)) sm_die("writing metrics to '%s' failed", path);
     sm_fclose(mf, path);
-    if (!quiet)
+    if (!quiet && !res->preempted)
         fprintf(stderr, "softmoe: done, %ld steps in %.1fs; val prec@1 %.4f, val loss %.4f\n",
                 res->steps_done, sm_now() - t0, res->val_prec1, res->val_loss);
     trainer_free(&t);

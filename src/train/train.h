@@ -8,6 +8,7 @@ typedef struct {
     double val_prec1, val_loss;    // held-out evaluation at the end
     double img_per_s;
     long steps_done;
+    int preempted;                 // stopped by SIGTERM/SIGINT after checkpointing
 } TrainResult;
 
 // Runs the configured training; dies with a clear message on NaN/Inf or I/O

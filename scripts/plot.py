@@ -1,0 +1,277 @@
+#!/usr/bin/python3
+"""Learning curves and accuracy-vs-cost Pareto plots from softmoe workdirs.
+
+Reads WORKDIR/metrics.jsonl (one JSON object per logged step, evals included)
+and WORKDIR/config.ini (the resolved config). Needs Debian's python3-matplotlib
+(`WITH_PYTHON=1 make deps`).
+
+  scripts/plot.py curves runs/a runs/b -o curves.png [--logy] [--labels A,B]
+  scripts/plot.py pareto runs/* -o pareto.png [--metric val/prec@1]
+                  [--cost gflops|core_hours] [--bin build/softmoe]
+                  [--gflops-per-image X] [--cores N]
+
+curves: training loss, learning rate and every eval metric (val/*, fewshot/*)
+against step, one line per workdir.
+pareto: the last value of --metric per run against training cost, dense runs
+and MoE runs ([moe] experts > 0) marked apart, with the Pareto front.
+  gflops     = 3 * gflops_per_image * train.batch_size * last step, where
+               gflops_per_image comes from `softmoe params WORKDIR/config.ini`
+               (or --gflops-per-image, for all runs);
+  core_hours = sum over logged intervals of steps * batch_size / img_per_s,
+               times cores (--cores, default os.cpu_count()) / 3600.
+A metric whose name ends in "loss" counts as lower-is-better.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+
+DEFAULT_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "softmoe")
+# C's printf writes nan/-nan/inf; JSON spells them NaN/Infinity. Accept both.
+BARE_NONFINITE = re.compile(r"(?<=[:,\[])(\s*)(-?)(nan|inf(?:inity)?)\b", re.IGNORECASE)
+
+
+def die(msg):
+    sys.exit("plot.py: error: " + msg)
+
+
+def warn(msg):
+    print("plot.py: warning: " + msg, file=sys.stderr)
+
+
+def parse_line(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        fixed = BARE_NONFINITE.sub(
+            lambda m: m.group(1) + ("NaN" if m.group(3).lower() == "nan"
+                                    else m.group(2) + "Infinity"), text)
+        return json.loads(fixed)
+
+
+def read_metrics(workdir):
+    """Returns {metric: [(step, value), ...]} sorted by step. A step logged
+    twice (a run resumed from an older checkpoint) keeps its latest value."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        die(f"{workdir}: no metrics.jsonl (is this a softmoe workdir?)")
+    series = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                rec = parse_line(text)
+            except ValueError as e:
+                warn(f"{path}:{lineno}: skipping malformed line ({e})")
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                warn(f"{path}:{lineno}: skipping line without an integer \"step\"")
+                continue
+            for key, value in rec.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    series.setdefault(key, {})[rec["step"]] = float(value)
+    return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def read_config(workdir):
+    """Returns {"section.key": value} from WORKDIR/config.ini."""
+    path = os.path.join(workdir, "config.ini")
+    if not os.path.isfile(path):
+        die(f"{workdir}: no config.ini")
+    cfg, section = {}, ""
+    with open(path, encoding="utf-8") as f:
+        for text in f:
+            text = text.strip()
+            if not text or text[0] in ";#":
+                continue
+            if text.startswith("[") and text.endswith("]"):
+                section = text[1:-1].strip()
+            elif "=" in text:
+                key, value = text.split("=", 1)
+                cfg[f"{section}.{key.strip()}"] = value.strip()
+    return cfg
+
+
+def config_int(cfg, key, workdir):
+    try:
+        return int(float(cfg[key]))
+    except (KeyError, ValueError):
+        die(f"{workdir}/config.ini: missing or non-numeric {key}")
+
+
+def run_labels(workdirs, labels):
+    if labels is None:
+        return [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    names = labels.split(",")
+    if len(names) != len(workdirs):
+        die(f"--labels has {len(names)} names for {len(workdirs)} workdirs")
+    return names
+
+
+def eval_order(key):
+    fixed = ["val/prec@1", "val/loss"]
+    return (fixed.index(key) if key in fixed else len(fixed), key)
+
+
+def save(fig, out):
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(out)
+
+
+def cmd_curves(args):
+    names = run_labels(args.workdirs, args.labels)
+    runs = [read_metrics(w) for w in args.workdirs]
+    evals = sorted({k for r in runs for k in r if "/" in k}, key=eval_order)
+    panels = ["loss", "lr"] + evals
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, panels):
+        for i, (name, run) in enumerate(zip(names, runs)):
+            points = run.get(key, [])
+            if not points:
+                continue
+            steps = [s for s, _ in points]
+            values = [v if math.isfinite(v) else math.nan for _, v in points]
+            ax.plot(steps, values, color=f"C{i % 10}", label=name,
+                    marker="o" if "/" in key else None, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if key == "loss" and args.logy:
+            ax.set_yscale("log")
+    for name, run in zip(names, runs):
+        if not run:
+            warn(f"{name}: metrics.jsonl holds no metrics")
+    axes.flat[0].legend(fontsize=8)
+    save(fig, args.output)
+
+
+def gflops_per_image(args, workdir):
+    if args.gflops_per_image is not None:
+        return args.gflops_per_image
+    config = os.path.join(workdir, "config.ini")
+    try:
+        res = subprocess.run([args.bin, "params", config], capture_output=True, text=True)
+    except OSError as e:
+        die(f"cannot run {args.bin} ({e}); build it with `make` or pass --bin or --gflops-per-image")
+    if res.returncode != 0:
+        die(f"`{args.bin} params {config}` failed (exit {res.returncode}) {res.stderr.strip()}")
+    m = re.search(r"^gflops_per_image:\s*(\S+)", res.stdout, re.MULTILINE)
+    if not m:
+        die(f"`{args.bin} params {config}` printed no gflops_per_image line")
+    return float(m.group(1))
+
+
+def core_hours(metrics, batch_size, cores, name):
+    seconds, prev, skipped = 0.0, 0, 0
+    for step, ips in metrics.get("img_per_s", []):
+        if math.isfinite(ips) and ips > 0:
+            seconds += (step - prev) * batch_size / ips
+        else:
+            skipped += 1
+        prev = step
+    if skipped:
+        warn(f"{name}: {skipped} intervals without a usable img_per_s left out of core_hours")
+    return seconds * cores / 3600
+
+
+def pareto_front(points, lower_is_better):
+    """Points (cost, metric) that no other point beats on both axes."""
+    sign = -1 if lower_is_better else 1
+    front, best = [], -math.inf
+    for cost, metric in sorted(points, key=lambda p: (p[0], -sign * p[1])):
+        if sign * metric > best:
+            front.append((cost, metric))
+            best = sign * metric
+    return front
+
+
+def cmd_pareto(args):
+    names = run_labels(args.workdirs, args.labels)
+    cores = args.cores or os.cpu_count() or 1
+    lower_is_better = args.metric.endswith("loss")
+    styles = {}  # kind -> (xs, ys, names)
+    points = []
+    for workdir, name in zip(args.workdirs, names):
+        metrics, cfg = read_metrics(workdir), read_config(workdir)
+        values = [v for _, v in metrics.get(args.metric, []) if math.isfinite(v)]
+        steps = [s for s, _ in metrics.get("loss", [])]
+        if not values or not steps:
+            warn(f"{name}: no finite {args.metric} or no training steps logged; left out")
+            continue
+        batch_size = config_int(cfg, "train.batch_size", workdir)
+        if args.cost == "gflops":
+            cost = 3 * gflops_per_image(args, workdir) * batch_size * steps[-1]
+        else:
+            cost = core_hours(metrics, batch_size, cores, name)
+        experts = config_int(cfg, "moe.experts", workdir) if cfg.get("moe.experts") else 0
+        router = cfg.get("moe.router", "soft") or "soft"
+        kind = "dense" if experts == 0 else ("Soft MoE" if router == "soft" else f"MoE ({router})")
+        xs, ys, ns = styles.setdefault(kind, ([], [], []))
+        xs.append(cost)
+        ys.append(values[-1])
+        ns.append(name)
+        points.append((cost, values[-1]))
+    if not points:
+        die(f"no run has both {args.metric} and training steps to plot")
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    markers = {"dense": ("s", "C0"), "Soft MoE": ("o", "C3")}
+    for i, (kind, (xs, ys, ns)) in enumerate(sorted(styles.items())):
+        marker, color = markers.get(kind, ("^", f"C{(i + 4) % 10}"))
+        ax.scatter(xs, ys, marker=marker, color=color, s=50, label=kind, zorder=3)
+        for x, y, n in zip(xs, ys, ns):
+            ax.annotate(n, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    # The front holds its last level out to the costliest run, so a single
+    # dominating run still shows as a line.
+    front = pareto_front(points, lower_is_better)
+    front.append((max(c for c, _ in points), front[-1][1]))
+    ax.step([c for c, _ in front], [m for _, m in front], where="post",
+            color="gray", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+    if all(c > 0 for c, _ in points):
+        ax.set_xscale("log")
+    ax.set_xlabel("training GFLOP" if args.cost == "gflops" else f"core-hours ({cores} cores)")
+    ax.set_ylabel(args.metric)
+    ax.margins(0.1)  # room for the run names at the edges
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save(fig, args.output)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("curves", help="loss, lr and eval metrics vs step")
+    c.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+    c.add_argument("-o", "--output", default="curves.png")
+    c.add_argument("--labels", help="comma-separated run names (default: workdir basenames)")
+    c.add_argument("--logy", action="store_true", help="log scale for the loss")
+    c.set_defaults(func=cmd_curves)
+    q = sub.add_parser("pareto", help="final metric vs training cost")
+    q.add_argument("workdirs", nargs="+", metavar="WORKDIR")
+    q.add_argument("-o", "--output", default="pareto.png")
+    q.add_argument("--labels", help="comma-separated run names (default: workdir basenames)")
+    q.add_argument("--metric", default="val/prec@1")
+    q.add_argument("--cost", choices=["gflops", "core_hours"], default="gflops")
+    q.add_argument("--bin", default=DEFAULT_BIN, help="softmoe binary (default: build/softmoe)")
+    q.add_argument("--gflops-per-image", type=float, help="use this instead of running --bin")
+    q.add_argument("--cores", type=int, help="cores per run for core_hours (default: this machine's)")
+    q.set_defaults(func=cmd_pareto)
+    args = p.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+// HDF5 checkpoints (DESIGN.md "Checkpoints: HDF5"): WORKDIR/ckpt-{step:08d}.h5
+// with root attributes format/version/step/world_size, /config (resolved INI
+// text), /params/<name>, /opt/m/<name>, /opt/v/<name> in vmoe's names and
+// shapes, and /state/* (loader position per rank, skipped count). Written
+// under a temporary name, flushed, fsynced and renamed, so a file with the
+// final name is always complete.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../data/loader.h"
+#include "../model/params.h"
+
+#define CKPT_FORMAT "softmoe"
+#define CKPT_VERSION 1
+
+typedef struct {
+    long step;
+    int world_size;
+    const char *config;            // resolved INI text
+    const ParamTable *pt;
+    const float *params, *m, *v;   // blocks laid out by pt; m/v may be NULL (params only)
+    LoaderPos pos;                 // loader position of rank 0 (epoch, taken)
+    uint64_t skipped;
+} CkptOut;
+
+// Writes WORKDIR/ckpt-{step:08d}.h5. Returns 0, or -1 with err naming the
+// file. Nothing that existed before is touched on failure.
+int ckpt_save(const char *workdir, const CkptOut *c, char *err, size_t errlen);
+
+typedef struct {
+    long step;
+    int world_size, version;
+    char *config;                  // malloc'd INI text
+    LoaderPos pos;
+    uint64_t skipped;
+} CkptInfo;
+
+// Reads a checkpoint into the blocks laid out by pt (m, v may be NULL to
+// skip the optimiser state). Every tensor of pt must be present with the
+// same shape. Returns 0, or -1 with err naming the file and the dataset.
+int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, float *v,
+              CkptInfo *info, char *err, size_t errlen);
+void ckpt_info_free(CkptInfo *info);
+
+// Paths of WORKDIR's complete checkpoints, newest first (malloc'd list).
+int ckpt_list(const char *workdir, char ***paths, long **steps);
+void ckpt_list_free(char **paths, long *steps, int n);
+
+// Deletes checkpoints beyond the newest `keep` except every keep_every-th
+// step (keep_every 0: none kept for that reason).
+void ckpt_prune(const char *workdir, int keep, int keep_every);
+
+// `softmoe inspect`: format, version, step, config and every /params tensor
+// (name, shape, count). Returns 0, or -1 with err.
+int ckpt_inspect(const char *path, char *err, size_t errlen);
