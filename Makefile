@@ -16,7 +16,7 @@ ifeq ($(DEBUG),1)
 else
   OPT := -O3 -march=native -g
 endif
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fopenmp -fno-math-errno
+CFLAGS  += -Isrc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fopenmp -fno-math-errno
 LDFLAGS += -fopenmp $(if $(filter 1,$(DEBUG)),-fsanitize=address$(comma)undefined)
 LDLIBS  += -lm
 comma := ,

@@ -9,6 +9,8 @@
 #include "model/vit.h"
 #include "train/bench.h"
 #include "train/ckpt.h"
+#include "eval/eval.h"
+#include <unistd.h>
 #include "train/train.h"
 
 static void usage(FILE *f) {
@@ -20,6 +22,9 @@ static void usage(FILE *f) {
             "  params  parameter count per group and forward GFLOP per image, no data\n"
             "  bench   time forward+backward+update; img/s, GFLOP/s, MFU vs this machine's sgemm\n"
             "  inspect CKPT.h5: format version, step, config, every parameter's name, shape, count\n"
+            "  eval    CKPT.h5 [overrides]: val/prec@1 and val/loss on data.val, and few-shot\n"
+            "          accuracy on every fewshot.<name> = <train>|<test>; CONFIG.ini instead of a\n"
+            "          checkpoint evaluates the freshly initialised model (a baseline)\n"
             "  shards  write WebDataset shards (PNG + .cls members):\n"
             "            softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]   Fashion-MNIST idx files\n"
             "              -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
@@ -111,6 +116,57 @@ static int cmd_shards(int argc, char **argv) {
     return 0;
 }
 
+// `softmoe eval`: the checkpoint's own config (plus overrides) and params.
+static int cmd_eval(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "softmoe: error: usage: softmoe eval CKPT.h5|CONFIG.ini [overrides]\n");
+        return 2;
+    }
+    const char *src = argv[2];
+    int from_ini = strlen(src) > 4 && !strcmp(src + strlen(src) - 4, ".ini");
+    char err[1024], cfgpath[] = "/tmp/softmoe-eval-XXXXXX";
+    CkptInfo info = {0};
+    if (!from_ini) {
+        // the config stored in the checkpoint, read through the normal loader
+        Vit probe;
+        memset(&probe, 0, sizeof probe);
+        if (ckpt_load(src, &probe.pt, NULL, NULL, NULL, &info, err, sizeof err) != 0) {
+            fprintf(stderr, "softmoe: error: %s\n", err);
+            return 1;
+        }
+        int fd = mkstemp(cfgpath);
+        SM_CHECK(fd >= 0, "cannot create a temporary file for the checkpoint's config");
+        size_t len = strlen(info.config);
+        SM_CHECK(write(fd, info.config, len) == (ssize_t)len, "writing %s failed", cfgpath);
+        close(fd);
+    }
+    Config c;
+    int rc = config_load(&c, from_ini ? src : cfgpath, argc - 3, argv + 3, err, sizeof err);
+    if (!from_ini) unlink(cfgpath);
+    if (rc != 0 || vit_check_config(&c, err, sizeof err) != 0) {
+        fprintf(stderr, "softmoe: error: %s\n", err);
+        return 2;
+    }
+    Vit m;
+    vit_build(&m, &c);
+    vit_alloc(&m, c.eval_batch_size);
+    vit_init(&m, c.seed);
+    if (!from_ini && ckpt_load(src, &m.pt, m.params, NULL, NULL, &info, err, sizeof err) != 0) {
+        fprintf(stderr, "softmoe: error: %s\n", err);
+        return 1;
+    }
+    long step = from_ini ? 0 : info.step;
+    ckpt_info_free(&info);
+    double p1, loss;
+    if (eval_val(&m, &c, &p1, &loss))
+        printf("{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", step, p1, loss);
+    eval_fewshot(&m, &c, step, stdout, 0);
+    if (!c.val[0] && !c.n_fewshot)
+        fprintf(stderr, "softmoe: nothing to evaluate: set data.val or fewshot.<name>\n");
+    vit_free(&m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
@@ -118,6 +174,7 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "shards")) return cmd_shards(argc, argv);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(cmd, "inspect")) {
         char err[1024];
         if (argc < 3) {

@@ -138,8 +138,8 @@ START_TEST(test_unknown_key) {
     m = load_fails("far.ini", "[train]\nzzzzzzzzzz = 1\n");
     ASSERT_HAS(m, "far.ini:2:");
     ck_assert_ptr_null(strstr(m, "did you mean"));
-    // Per-dataset fewshot keys are not supported yet.
-    ASSERT_HAS(load_fails("fs.ini", "[fewshot]\ncifar10 = x\n"), "unknown key 'fewshot.cifar10'");
+    // Per-dataset fewshot keys must name a train and a test source.
+    ASSERT_HAS(load_fails("fs.ini", "[fewshot]\ncifar10 = x\n"), "fs.ini:2: fewshot.cifar10 = 'x'");
     // A key before any section other than include.
     ASSERT_HAS(load_fails("top.ini", "width = 3\n"), "top.ini:1:");
 }

@@ -77,11 +77,13 @@ static const KeyDef KEYS[] = {
     {"train", "init", T_STR, F(init), "", NULL, NOMIN},
     {"train", "resume", T_ENUM, F(resume), "latest", "latest|latest_valid|none", NOMIN},
     {"eval", "every", T_INT, F(eval_every), "0", NULL, 0},
-    {"eval", "batch_size", T_INT, F(eval_batch_size), "256", NULL, 1},
+    {"eval", "batch_size", T_INT, F(eval_batch_size), "64", NULL, 1},
     {"fewshot", "every", T_INT, F(fewshot_every), "0", NULL, 0},
     {"fewshot", "shots", T_STR, F(fewshot_shots), "1,5,10,25", NULL, NOMIN},
     {"fewshot", "seeds", T_INT, F(fewshot_seeds), "3", NULL, 1},
     {"fewshot", "l2", T_DOUBLE, F(fewshot_l2), "1024", NULL, 0},
+    {"fewshot", "l2_sweep", T_STR, F(fewshot_l2_sweep), "", NULL, NOMIN},
+    {"fewshot", "per_class", T_INT, F(fewshot_per_class), "50", NULL, 1},
     {"dist", "expert_parallel", T_INT, F(expert_parallel), "0", NULL, 0},
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
@@ -298,8 +300,6 @@ static int key_index(const char *section, const char *key) {
     return -1;
 }
 
-// Per-dataset fewshot.<name> keys are not part of the table yet: they are
-// refused here like any other unknown key rather than silently ignored.
 static int find_key(const char *section, const char *key, const char *origin, int line,
                     char *err, size_t errlen) {
     int i = key_index(section, key);
@@ -321,8 +321,30 @@ static int find_key(const char *section, const char *key, const char *origin, in
     return fail(err, errlen, origin, line, "unknown key '%s'", name);
 }
 
+// fewshot.<name> = <train source>|<test source>: one per few-shot dataset.
+static int set_fewshot_set(Config *c, const char *key, const char *value, const char *origin,
+                           int line, char *err, size_t errlen) {
+    const char *bar = strchr(value, '|');
+    if (!bar || bar == value || !bar[1] || strchr(bar + 1, '|'))
+        return fail(err, errlen, origin, line,
+                    "fewshot.%s = '%s': expected <train source>|<test source>", key, value);
+    if (strlen(key) >= sizeof c->fewshot_name[0] || strlen(value) >= CFG_PATH)
+        return fail(err, errlen, origin, line, "fewshot.%s: name or value too long", key);
+    int i = 0;
+    while (i < c->n_fewshot && strcmp(c->fewshot_name[i], key)) i++;
+    if (i == CFG_MAX_FEWSHOT)
+        return fail(err, errlen, origin, line, "fewshot.%s: at most %d few-shot datasets", key,
+                    CFG_MAX_FEWSHOT);
+    if (i == c->n_fewshot) c->n_fewshot++;
+    snprintf(c->fewshot_name[i], sizeof c->fewshot_name[i], "%s", key);
+    snprintf(c->fewshot_data[i], sizeof c->fewshot_data[i], "%s", value);
+    return 0;
+}
+
 int config_set(Config *c, const char *section, const char *key, const char *value,
                const char *origin, int line, char *err, size_t errlen) {
+    if (!strcmp(section, "fewshot") && key_index(section, key) < 0)
+        return set_fewshot_set(c, key, value, origin, line, err, errlen);
     int i = find_key(section, key, origin, line, err, errlen);
     if (i < 0) return -1;
     return set_value(c, &KEYS[i], value, origin, line, err, errlen);
@@ -415,6 +437,11 @@ static int handle_key(Loader *L, const char *section, const char *key, const cha
             return loader_fail(L, file, line, "include path '%s' is too long", value);
         return load_file(L, full, file, line);
     }
+    if (!strcmp(section, "fewshot") && key_index(section, key) < 0) {
+        if (set_fewshot_set(L->c, key, value, file, line, L->err, L->errlen) == 0) return 0;
+        L->failed = true;
+        return -1;
+    }
     int i = find_key(section, key, file, line, L->err, L->errlen);
     if (i < 0 || set_value(L->c, &KEYS[i], value, file, line, L->err, L->errlen) != 0) {
         L->failed = true;
@@ -495,6 +522,8 @@ static int apply_override(Loader *L, const char *arg) {
                     "malformed override '%s' (expected section.key=value, e.g. model.width=128)", arg);
     *eq = '\0';
     *dot = '\0';
+    if (!strcmp(trim(buf), "fewshot") && key_index("fewshot", trim(dot + 1)) < 0)
+        return set_fewshot_set(L->c, trim(dot + 1), trim(eq + 1), origin, 0, L->err, L->errlen);
     int i = find_key(trim(buf), trim(dot + 1), origin, 0, L->err, L->errlen);
     if (i < 0 || set_value(L->c, &KEYS[i], trim(eq + 1), origin, 0, L->err, L->errlen) != 0) return -1;
     L->given[i] = 1;
@@ -640,6 +669,9 @@ size_t config_to_ini(const Config *c, char *buf, size_t buflen) {
             out_printf(&o, "%s[%s]\n", i ? "\n" : "", k->section);
         format_value(c, k, value, sizeof value);
         out_printf(&o, "%s =%s%s\n", k->key, value[0] ? " " : "", value);
+        if (!strcmp(k->section, "fewshot") && (i + 1 == NKEYS || strcmp(KEYS[i + 1].section, "fewshot")))
+            for (int f = 0; f < c->n_fewshot; f++)
+                out_printf(&o, "%s = %s\n", c->fewshot_name[f], c->fewshot_data[f]);
     }
     return o.len;
 }

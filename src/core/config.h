@@ -8,6 +8,7 @@
 
 #define CFG_STR 256   // short strings (names, patterns, pp chains)
 #define CFG_PATH 1024 // paths and shard lists
+#define CFG_MAX_FEWSHOT 8
 
 typedef struct {
     // [model]
@@ -75,6 +76,12 @@ typedef struct {
     char fewshot_shots[CFG_STR]; // "1,5,10,25"
     int fewshot_seeds;
     double fewshot_l2;
+    char fewshot_l2_sweep[CFG_STR];  // "" = fewshot.l2 only, else e.g. "1,32,1024"
+    int fewshot_per_class;           // train images read per class
+    // fewshot.<name> = <train source>|<test source> (shards pattern or folder)
+    int n_fewshot;
+    char fewshot_name[CFG_MAX_FEWSHOT][64];
+    char fewshot_data[CFG_MAX_FEWSHOT][CFG_PATH];
 
     // [dist]
     int expert_parallel;         // 0 = all ranks

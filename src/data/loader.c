@@ -119,9 +119,11 @@ static int open_folder(Loader *l, char *err, size_t n) {
         int nf;
         if (list_dir(dir, &files, &nf, 0) == 0) {
             for (int i = 0; i < nf; i++) {
-                char *p = sm_malloc(strlen(dir) + strlen(files[i]) + 2);
-                sprintf(p, "%s/%s", dir, files[i]);
-                add_unit(l, &cap, p, c);
+                if (l->sp.per_class <= 0 || i < l->sp.per_class) {
+                    char *p = sm_malloc(strlen(dir) + strlen(files[i]) + 2);
+                    sprintf(p, "%s/%s", dir, files[i]);
+                    add_unit(l, &cap, p, c);
+                }
                 free(files[i]);
             }
             free(files);
@@ -133,7 +135,7 @@ static int open_folder(Loader *l, char *err, size_t n) {
         snprintf(err, n, "data: image folder '%s' has no images in class subfolders", l->sp.paths);
         return -1;
     }
-    if (nc > l->sp.K) {
+    if (l->sp.K > 0 && nc > l->sp.K) {
         snprintf(err, n, "data: folder '%s' has %d classes but model.classes = %d", l->sp.paths,
                  nc, l->sp.K);
         return -1;
@@ -344,7 +346,7 @@ static void decode_slot(Loader *l, Slot *s) {
     Raw *r = &s->raw;
     if (r->why[0]) return;
     for (int i = 0; i < r->nlabels; i++)
-        if (r->labels[i] < 0 || r->labels[i] >= sp->K) {
+        if (r->labels[i] < 0 || (sp->K > 0 && r->labels[i] >= sp->K)) {
             snprintf(r->why, sizeof r->why, "label %d outside 0..%d (model.classes)", r->labels[i],
                      sp->K - 1);
             return;
@@ -456,7 +458,7 @@ static void log_skip(Loader *l, const Slot *s) {
 int loader_next(Loader *l, float *images, float *targets, int *labels) {
     const LoaderSpec *sp = &l->sp;
     const size_t px = (size_t)sp->S * sp->S * sp->C;
-    memset(targets, 0, (size_t)sp->B * sp->K * sizeof(float));
+    if (targets) memset(targets, 0, (size_t)sp->B * sp->K * sizeof(float));
     int got = 0;
     pthread_mutex_lock(&l->mu);
     while (got < sp->B && !l->done) {
@@ -479,7 +481,7 @@ int loader_next(Loader *l, float *images, float *targets, int *labels) {
         }
         if (s->ok) {
             memcpy(images + (size_t)got * px, s->img, px * sizeof(float));
-            for (int i = 0; i < s->raw.nlabels; i++)
+            for (int i = 0; targets && i < s->raw.nlabels; i++)
                 targets[(size_t)got * sp->K + s->raw.labels[i]] = 1.0f;
             if (labels) labels[got] = s->raw.labels[0];
             got++;

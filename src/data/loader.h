@@ -16,7 +16,8 @@ typedef struct {
     const char *source;     // "shards" | "folder"
     const char *paths;      // shard patterns, or the folder root
     const char *pp;         // preprocessing chain
-    int S, C, K;            // image size, channels, classes
+    int S, C, K;            // image size, channels, classes (K = 0: labels unchecked,
+                            // loader_next's targets must be NULL)
     int B;                  // images per batch (this rank)
     uint64_t seed;
     int rank, world;
@@ -24,6 +25,7 @@ typedef struct {
     int shuffle_buffer;     // samples; <= 1 disables shuffling
     int train;              // 1: shuffle, repeat epochs; 0: one pass in order
     int quiet;              // no skip log lines
+    int per_class;          // folder source: at most this many images per class (0: all)
 } LoaderSpec;
 
 typedef struct {

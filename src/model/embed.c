@@ -98,3 +98,28 @@ void tok_backward(float *dx, const float *dout, int B, int N, int D) {
     for (int b = 0; b < B; b++)
         for (int j = 0; j < D; j++) dx[(size_t)b * N * D + j] += dout[(size_t)b * D + j];
 }
+
+void posemb_resize(float *out, int Gn, const float *in, int Go, int D) {
+    // Bilinear with half-pixel centres (jax.image.resize "bilinear", as
+    // big_vision resamples position embeddings when fine-tuning at a new
+    // resolution); coordinates outside the grid clamp to its edge.
+    const double sc = (double)Go / Gn;
+    for (int y = 0; y < Gn; y++) {
+        double fy = (y + 0.5) * sc - 0.5;
+        fy = fy < 0 ? 0 : fy > Go - 1 ? Go - 1 : fy;
+        int y0 = (int)fy, y1 = y0 + 1 < Go ? y0 + 1 : y0;
+        double wy = fy - y0;
+        for (int x = 0; x < Gn; x++) {
+            double fx = (x + 0.5) * sc - 0.5;
+            fx = fx < 0 ? 0 : fx > Go - 1 ? Go - 1 : fx;
+            int x0 = (int)fx, x1 = x0 + 1 < Go ? x0 + 1 : x0;
+            double wx = fx - x0;
+            const float *a = in + ((size_t)y0 * Go + x0) * D, *b = in + ((size_t)y0 * Go + x1) * D;
+            const float *c = in + ((size_t)y1 * Go + x0) * D, *e = in + ((size_t)y1 * Go + x1) * D;
+            float *o = out + ((size_t)y * Gn + x) * D;
+            for (int j = 0; j < D; j++)
+                o[j] = (float)((1 - wy) * ((1 - wx) * a[j] + wx * b[j]) +
+                               wy * ((1 - wx) * c[j] + wx * e[j]));
+        }
+    }
+}

@@ -44,6 +44,9 @@ void patch_forward(float *out, float *patches, const float *img, const float *w,
 void patch_backward(float *dimg, float *dw, float *db, const float *dout,
                     const float *patches, const float *w, int B, int S, int C,
                     int P, int D);
+// Learned position embedding resized from a Go x Go to a Gn x Gn grid:
+// in (Go*Go, D), out (Gn*Gn, D), bilinear (fine-tuning at a new resolution).
+void posemb_resize(float *out, int Gn, const float *in, int Go, int D);
 // big_vision's posemb_sincos_2d on a G x G grid: out (G*G, D), D % 4 == 0.
 void posemb_sincos2d(float *out, int G, int D);
 

@@ -277,6 +277,37 @@ int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, f
     return rc;
 }
 
+int ckpt_read_any(const char *path, const char *name, float **data, int *ndim, long *dims,
+                  char *err, size_t n) {
+    CkptInfo info;
+    memset(&info, 0, sizeof info);
+    *data = NULL;
+    hid_t f = open_checked(path, &info, err, n);
+    if (f < 0) return -1;
+    int rc = -1;
+    if (!exists(f, name)) {
+        fail(err, n, "checkpoint '%s' has no dataset %s", path, name);
+    } else {
+        hid_t d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5Dget_space(d);
+        hsize_t hd[8] = {0};
+        *ndim = H5Sget_simple_extent_ndims(sp);
+        if (*ndim >= 0 && *ndim <= 8) {
+            H5Sget_simple_extent_dims(sp, hd, NULL);
+            size_t cnt = 1;
+            for (int k = 0; k < *ndim; k++) dims[k] = (long)hd[k], cnt *= hd[k];
+            *data = sm_malloc(cnt * sizeof(float));
+            rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, *data) >= 0 ? 0 : -1;
+        }
+        if (rc != 0) {
+            free(*data), *data = NULL;
+            fail(err, n, "checkpoint '%s': reading dataset %s failed", path, name);
+        }
+        H5Sclose(sp), H5Dclose(d);
+    }
+    H5Fclose(f);
+    return rc;
+}
+
 void ckpt_info_free(CkptInfo *info) {
     free(info->config);
     info->config = NULL;

@@ -43,6 +43,12 @@ int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, f
               CkptInfo *info, char *err, size_t errlen);
 void ckpt_info_free(CkptInfo *info);
 
+// Reads dataset `name` (e.g. "/params/head/kernel") whatever its shape:
+// *data malloc'd, *ndim and dims (up to 8) filled. Returns 0, or -1 with err
+// naming the file and dataset (missing, unreadable).
+int ckpt_read_any(const char *path, const char *name, float **data, int *ndim, long *dims,
+                  char *err, size_t errlen);
+
 // Paths of WORKDIR's complete checkpoints, newest first (malloc'd list).
 int ckpt_list(const char *workdir, char ***paths, long **steps);
 void ckpt_list_free(char **paths, long *steps, int n);

@@ -10,8 +10,10 @@
 #include "../core/common.h"
 #include "../data/loader.h"
 #include "../data/synthetic.h"
+#include "../model/layers.h"
 #include "../model/vit.h"
 #include "../optim/optim.h"
+#include "../eval/eval.h"
 #include "ckpt.h"
 
 // The held-out split of the synthetic task lives far from the train indices.
@@ -45,6 +47,58 @@ static void save(Trainer *t, const Config *c, long step) {
     ckpt_prune(c->workdir, c->keep_ckpts, c->keep_every);
 }
 
+// One tensor of train.init whose shape differs: a classifier head for other
+// classes is left at its fresh init (fine-tuning on a new label set); a
+// learned position embedding from another resolution is resized on its 2-D
+// grid (a cls position, if any, is kept as it is). Anything else is an error.
+static void adapt_tensor(Trainer *t, const ParamSpec *s, const float *src, int nd,
+                         const long *dims, const char *path, int quiet) {
+    const VitDims *d = &t->m.d;
+    float *dst = t->m.params + s->offset;
+    if (!strncmp(s->name, "head/", 5)) {
+        if (!quiet)
+            fprintf(stderr, "softmoe: train.init: %s has %ld classes, the config %d: head "
+                    "re-initialised\n", s->name, dims[nd - 1], d->K);
+        return;
+    }
+    int cls = d->pool == POOL_TOK;
+    long Go2 = nd == 3 ? dims[1] - cls : -1;
+    int Go = (int)lround(sqrt((double)(Go2 > 0 ? Go2 : 0)));
+    if (!strcmp(s->name, "Encoder/posembed_input/pos_embedding") && nd == 3 &&
+        dims[2] == d->D && (long)Go * Go == Go2) {
+        if (cls) memcpy(dst, src, (size_t)d->D * sizeof(float));
+        posemb_resize(dst + (size_t)cls * d->D, d->G, src + (size_t)cls * d->D, Go, d->D);
+        if (!quiet)
+            fprintf(stderr, "softmoe: train.init: position embedding resized from %dx%d to %dx%d\n",
+                    Go, Go, d->G, d->G);
+        return;
+    }
+    char want[64];
+    ptable_shape_str(s, want, sizeof want);
+    sm_die("train.init: checkpoint '%s': dataset /params/%s does not fit the config's shape %s",
+           path, s->name, want);
+}
+
+// train.init: parameters from another checkpoint (no optimiser state, step 0).
+static void init_params(Trainer *t, const char *path, int quiet) {
+    char name[PARAM_NAME + 16], err[1024];
+    for (int i = 0; i < t->m.pt.n; i++) {
+        const ParamSpec *s = &t->m.pt.t[i];
+        snprintf(name, sizeof name, "/params/%s", s->name);
+        float *src;
+        int nd;
+        long dims[8];
+        if (ckpt_read_any(path, name, &src, &nd, dims, err, sizeof err) != 0)
+            sm_die("%s (train.init)", err);
+        int same = nd == s->ndim;
+        for (int k = 0; same && k < nd; k++) same = dims[k] == s->shape[k];
+        if (same) memcpy(t->m.params + s->offset, src, s->numel * sizeof(float));
+        else adapt_tensor(t, s, src, nd, dims, path, quiet);
+        free(src);
+    }
+    if (!quiet) fprintf(stderr, "softmoe: initialised from %s\n", path);
+}
+
 // Resumes from the newest checkpoint in the workdir that loads (train.resume
 // = latest: the newest or an error; latest_valid: fall back to older ones),
 // else starts from train.init's parameters if given. Returns the step to
@@ -71,13 +125,7 @@ static long restore(Trainer *t, const Config *c, int quiet) {
         fprintf(stderr, "softmoe: warning: skipping unusable checkpoint: %s\n", err);
     }
     if (n) ckpt_list_free(paths, steps, n);
-    if (c->init[0]) {
-        CkptInfo info;
-        if (ckpt_load(c->init, &t->m.pt, t->m.params, NULL, NULL, &info, err, sizeof err) != 0)
-            sm_die("%s (train.init)", err);
-        if (!quiet) fprintf(stderr, "softmoe: initialised from %s (step %ld)\n", c->init, info.step);
-        ckpt_info_free(&info);
-    }
+    if (c->init[0]) init_params(t, c->init, quiet);
     return 0;
 }
 
@@ -143,30 +191,6 @@ static void score(Trainer *t, int B, long *correct, double *lsum) {
     }
 }
 
-// prec@1 (the top class is one of the labels) and mean loss over data.val,
-// read once in order with the eval preprocessing, in batches of at most B.
-static int evaluate_val(Trainer *t, const Config *c, double *prec1, double *loss) {
-    if (!c->val[0]) return 0;
-    LoaderSpec sp = loader_spec(c, 0);
-    sp.B = t->B;
-    sp.quiet = 1;
-    char err[1024];
-    Loader *ld = loader_open(&sp, err, sizeof err);
-    if (!ld) sm_die("%s (data.val)", err);
-    long correct = 0, seen = 0;
-    double lsum = 0;
-    int B;
-    while ((B = loader_next(ld, t->images, t->targets, NULL)) > 0) {
-        score(t, B, &correct, &lsum);
-        seen += B;
-    }
-    loader_close(ld);
-    SM_CHECK(seen > 0, "data.val '%s' gave no usable sample", c->val);
-    *prec1 = (double)correct / (double)seen;
-    *loss = lsum / (double)seen;
-    return 1;
-}
-
 // prec@1 and mean loss over n held-out synthetic images.
 static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *loss) {
     const VitDims *d = &t->m.d;
@@ -196,7 +220,7 @@ static void progress(long step, long steps, double loss, double lr, double ips, 
 static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet, double *prec1,
                      double *loss) {
     if (t->ld) {
-        if (!evaluate_val(t, c, prec1, loss)) return;
+        if (!eval_val(&t->m, c, prec1, loss)) return;
     } else {
         evaluate(t, c, 1024, prec1, loss);
     }
@@ -297,9 +321,16 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
             if (tty) fputc('\n', stderr);
             log_eval(mf, &t, c, step + 1, quiet, &p1, &vl);
         }
+        if (c->fewshot_every > 0 && (step + 1) % c->fewshot_every == 0 && !last) {
+            if (tty) fputc('\n', stderr);
+            eval_fewshot(&t.m, c, step + 1, mf, quiet);
+        }
     }
     if (tty && !res->preempted) fputc('\n', stderr);
-    if (!res->preempted) log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
+    if (!res->preempted) {
+        log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
+        eval_fewshot(&t.m, c, res->steps_done, mf, quiet);
+    }
     if (ferror(mf)) sm_die("writing metrics to '%s' failed", path);
     sm_fclose(mf, path);
     if (!quiet && !res->preempted)

@@ -1,0 +1,27 @@
+// Evaluation: pre-logits features of a dataset, prec@1 and loss on a
+// validation split, and the few-shot linear probe on configured datasets
+// (fewshot.<name> = <train source>|<test source>), as `softmoe eval` and
+// during training.
+#pragma once
+#include <stdio.h>
+
+#include "../core/config.h"
+#include "../model/vit.h"
+
+// A dataset source: shard patterns (anything naming a .tar) or a folder.
+const char *eval_source_kind(const char *paths);
+
+// Pre-logits features (n, D) and first labels of `paths` read once in order
+// with the eval preprocessing, at most per_class images per class (0: all),
+// in batches of m->B. *X, *y malloc'd. Returns n; dies naming the source on
+// errors.
+int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y);
+
+// prec@1 (top class among the labels) and mean loss over data.val. Returns 0
+// when data.val is not set.
+int eval_val(Vit *m, const Config *c, double *prec1, double *loss);
+
+// Few-shot accuracy for every configured dataset and shot count, written as
+// one JSON line {"step": s, "fewshot/<name>/<k>shot": acc, ...} to out (if
+// not NULL) and summarised on stderr unless quiet.
+void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet);
