@@ -70,7 +70,7 @@ START_TEST(test_defaults) {
     ck_assert_double_eq(c.b2, 0.999);
     ck_assert_int_eq(c.warmup_steps, 100);
     ck_assert_int_eq(c.steps, 1000);
-    ck_assert_int_eq(c.eval_batch_size, 256);
+    ck_assert_int_eq(c.eval_batch_size, 64);
     ck_assert_str_eq(c.fewshot_shots, "1,5,10,25");
     ck_assert_double_eq(c.fewshot_l2, 1024);
     // No file at all: the defaults must pass validation.
