@@ -126,6 +126,7 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
             double best_l2 = 0;
             double acc = fewshot_eval(Xtr, ytr, ntr, Xte, yte, nte, m->d.D, K, (int)shots[s],
                                       c->fewshot_seeds, l2s, nl2, &best_l2);
+            if (acc == -2) continue;  // the solver failed and said so, naming the l2
             if (acc < 0) {
                 fprintf(stderr, "softmoe: fewshot/%s: a class has fewer than %d train images "
                         "(fewshot.per_class = %d); %d-shot skipped\n", c->fewshot_name[f],

@@ -114,6 +114,21 @@ static void whiten_rows(const float *X, int rows, int D, const double *mean,
     }
 }
 
+// Rt (K,D1) = (Z^T Y)^T for targets Y = 2*onehot(y)-1 without the (n,K)
+// matrix: column k of Z^T Y is 2 * (sum of class k's rows) - (sum of all
+// rows), O(n D1) instead of a gemm's O(n D1 K), which at K = 1000 dominated.
+static void primal_rhs(const double *Z, const int *y, int n, int D1, int K, double *Rt) {
+    double *total = sm_calloc((size_t)D1, sizeof(double));
+    memset(Rt, 0, (size_t)K * D1 * sizeof(double));
+    for (int i = 0; i < n; i++) {
+        const double *z = Z + (size_t)i * D1;
+        double *rk = Rt + (size_t)y[i] * D1;
+        for (int j = 0; j < D1; j++) { rk[j] += z[j]; total[j] += z[j]; }
+    }
+    for (size_t e = 0; e < (size_t)K * D1; e++) Rt[e] = 2.0 * Rt[e] - total[e % D1];
+    free(total);
+}
+
 // Builds the system for X (n,D), y (n) with the whitening already in m.
 static void ridge_prepare(Ridge *r, const float *X, const int *y, int n,
                           const FewshotModel *m) {
@@ -129,24 +144,19 @@ static void ridge_prepare(Ridge *r, const float *X, const int *y, int n,
     r->B = sm_malloc((size_t)K * mm * sizeof(double));
     whiten_rows(X, n, D, m->mean, m->std, r->Z);
 
-    // Targets 2*onehot-1, stored transposed: Yt (K,n).
-    double *Yt = sm_malloc((size_t)K * n * sizeof(double));
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         SM_CHECK(y[i] >= 0 && y[i] < K, "fewshot: label %d of example %d outside [0,%d)",
                  y[i], i, K);
-        for (int k = 0; k < K; k++) Yt[(size_t)k * n + i] = y[i] == k ? 1.0 : -1.0;
-    }
     if (r->primal) {
         cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, D1, n, 1.0, r->Z, D1,
                     0.0, r->G, D1);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, D1, n, 1.0, Yt, n,
-                    r->Z, D1, 0.0, r->Rt, D1); // Rt = (Z^T Y)^T
-    } else {
+        primal_rhs(r->Z, y, n, D1, K, r->Rt);
+    } else { // the targets 2*onehot-1 themselves, column-major (n,K)
         cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, D1, 1.0, r->Z, D1,
                     0.0, r->G, n);
-        memcpy(r->Rt, Yt, (size_t)K * n * sizeof(double));
+        for (int k = 0; k < K; k++)
+            for (int i = 0; i < n; i++) r->Rt[(size_t)k * n + i] = y[i] == k ? 1.0 : -1.0;
     }
-    free(Yt);
     // dsyrk wrote one triangle; fill the other so the layout (row- vs
     // column-major) cannot matter to dposv.
     for (size_t i = 0; i < mm; i++)
