@@ -43,3 +43,6 @@ size_t sm_peak_rss(void);
 void sm_mkdirs(const char *path);
 // Formats seconds as "1h02m", "3m04s" or "12s".
 void sm_fmt_duration(double s, char *buf, size_t n);
+// Formats an error message into err (if not NULL) and returns -1, for the
+// `return sm_fail(err, n, "...", ...)` style of recoverable errors.
+int sm_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -23,18 +23,6 @@
 
 static const uint8_t png_magic[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static int too_many_pixels(uint64_t w, uint64_t h) {
     return w * h > (uint64_t)IMAGE_MAX_PIXELS;
@@ -109,7 +97,7 @@ static int jpg_run(JpegJob *j, const uint8_t *buf, size_t len, int channels, int
     jpeg_mem_src(d, buf, (unsigned long)len);
     jpeg_read_header(d, TRUE);
     if (too_many_pixels(d->image_width, d->image_height))
-        return fail(err, errlen, "JPEG is %ux%u, above the %d-pixel limit", d->image_width,
+        return sm_fail(err, errlen, "JPEG is %ux%u, above the %d-pixel limit", d->image_width,
                     d->image_height, IMAGE_MAX_PIXELS);
     // libjpeg converts gray <-> RGB and YCCK -> CMYK; CMYK -> RGB is ours.
     int cmyk = d->jpeg_color_space == JCS_CMYK || d->jpeg_color_space == JCS_YCCK;
@@ -119,7 +107,7 @@ static int jpg_run(JpegJob *j, const uint8_t *buf, size_t len, int channels, int
     jpeg_start_decompress(d);
     int ow = (int)d->output_width, oh = (int)d->output_height;
     if (d->output_components != (cmyk ? 4 : channels))
-        return fail(err, errlen, "JPEG decodes to %d components, expected %d",
+        return sm_fail(err, errlen, "JPEG decodes to %d components, expected %d",
                     d->output_components, cmyk ? 4 : channels);
     j->px = sm_malloc((size_t)ow * oh * channels);
     if (cmyk) j->row = sm_malloc((size_t)ow * 4);
@@ -127,7 +115,7 @@ static int jpg_run(JpegJob *j, const uint8_t *buf, size_t len, int channels, int
         uint8_t *dst = j->px + (size_t)d->output_scanline * ow * channels;
         JSAMPROW row = cmyk ? j->row : dst;
         if (jpeg_read_scanlines(d, &row, 1) != 1)
-            return fail(err, errlen, "truncated JPEG (no data for row %u)", d->output_scanline);
+            return sm_fail(err, errlen, "truncated JPEG (no data for row %u)", d->output_scanline);
         if (cmyk) cmyk_to_out(j->row, dst, ow, channels, d->saw_Adobe_marker);
     }
     // No jpeg_finish_decompress: what follows the last row (EOI, trailing
@@ -146,7 +134,7 @@ static int jpg_decode(const uint8_t *buf, size_t len, int channels, int min_side
     j->d.client_data = j;  // jpeg_create_decompress keeps err and client_data
     int rc = -1;
     if (setjmp(j->jb)) {
-        fail(err, errlen, "corrupt or truncated JPEG: %s", j->msg);
+        sm_fail(err, errlen, "corrupt or truncated JPEG: %s", j->msg);
     } else {
         jpeg_create_decompress(&j->d);
         j->d.progress = &j->pm;
@@ -214,12 +202,12 @@ static int pngd_run(PngJob *j, int channels, Image *out, char *err, size_t errle
     png_uint_32 w = png_get_image_width(j->png, j->info);
     png_uint_32 h = png_get_image_height(j->png, j->info);
     if (too_many_pixels(w, h))
-        return fail(err, errlen, "PNG is %ux%u, above the %d-pixel limit", (unsigned)w,
+        return sm_fail(err, errlen, "PNG is %ux%u, above the %d-pixel limit", (unsigned)w,
                     (unsigned)h, IMAGE_MAX_PIXELS);
     pngd_set_transforms(j->png, j->info, channels);
     size_t rowbytes = png_get_rowbytes(j->png, j->info);
     if (rowbytes != (size_t)w * channels)
-        return fail(err, errlen, "PNG rows are %zu bytes after conversion, expected %zu",
+        return sm_fail(err, errlen, "PNG rows are %zu bytes after conversion, expected %zu",
                     rowbytes, (size_t)w * channels);
     j->px = sm_malloc((size_t)w * h * channels);
     j->rows = sm_malloc(sizeof *j->rows * h);
@@ -238,9 +226,9 @@ static int pngd_decode(const uint8_t *buf, size_t len, int channels, Image *out,
     if (j->png) j->info = png_create_info_struct(j->png);
     int rc = -1;
     if (!j->info) {
-        fail(err, errlen, "libpng could not allocate its structures");
+        sm_fail(err, errlen, "libpng could not allocate its structures");
     } else if (setjmp(png_jmpbuf(j->png))) {
-        fail(err, errlen, "corrupt or truncated PNG: %s", j->msg);
+        sm_fail(err, errlen, "corrupt or truncated PNG: %s", j->msg);
     } else {
         rc = pngd_run(j, channels, out, err, errlen);
     }
@@ -258,15 +246,15 @@ int image_decode(const uint8_t *buf, size_t len, int channels, int min_side, Ima
                  char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     if (channels != 1 && channels != 3)
-        return fail(err, errlen, "image_decode: channels must be 1 or 3, got %d", channels);
-    if (!buf || len == 0) return fail(err, errlen, "empty image (0 bytes)");
+        return sm_fail(err, errlen, "image_decode: channels must be 1 or 3, got %d", channels);
+    if (!buf || len == 0) return sm_fail(err, errlen, "empty image (0 bytes)");
     if (len >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF)
         return jpg_decode(buf, len, channels, min_side, out, err, errlen);
     if (len >= 8 && memcmp(buf, png_magic, 8) == 0)
         return pngd_decode(buf, len, channels, out, err, errlen);
     unsigned char head[4] = {0};
     memcpy(head, buf, len < 4 ? len : 4);
-    return fail(err, errlen,
+    return sm_fail(err, errlen,
                 "not a JPEG or PNG image (first bytes %02x %02x %02x %02x); "
                 "only JPEG and PNG are supported",
                 head[0], head[1], head[2], head[3]);

@@ -21,18 +21,6 @@
 #define PP_MAX_SIZE 16384    // largest size argument accepted
 #define INCEPTION_TRIES 10   // attempts before falling back to the whole image
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 // ---------------------------------------------------------------- parsing
 
@@ -85,24 +73,24 @@ static int set_op_args(const OpSpec *sp, const float *v, int n, PpOp *op, char *
     case PP_INCEPTION_CROP:
         op->b = n > 1 ? v[1] : 5;  // big_vision's area_min default, in percent
         if (!is_size(op->a) || !(op->b > 0 && op->b <= 100))
-            return fail(err, errlen, "pp: inception_crop(size[, area_min]) needs an integer "
+            return sm_fail(err, errlen, "pp: inception_crop(size[, area_min]) needs an integer "
                         "size in 1..%d and 0 < area_min <= 100", PP_MAX_SIZE);
         return 0;
     case PP_RESIZE:
     case PP_CENTRAL_CROP:
         if (n == 1) op->b = op->a;
         if (!is_size(op->a) || !is_size(op->b))
-            return fail(err, errlen, "pp: %s(size) or %s(h, w) needs integers in 1..%d",
+            return sm_fail(err, errlen, "pp: %s(size) or %s(h, w) needs integers in 1..%d",
                         sp->name, sp->name, PP_MAX_SIZE);
         return 0;
     case PP_RESIZE_SMALL:
         if (!is_size(op->a))
-            return fail(err, errlen, "pp: resize_small(size) needs an integer in 1..%d",
+            return sm_fail(err, errlen, "pp: resize_small(size) needs an integer in 1..%d",
                         PP_MAX_SIZE);
         return 0;
     case PP_VALUE_RANGE:
         if (op->a == op->b)
-            return fail(err, errlen, "pp: value_range(lo, hi) needs lo != hi");
+            return sm_fail(err, errlen, "pp: value_range(lo, hi) needs lo != hi");
         return 0;
     case PP_FLIP_LR:
         return 0;
@@ -116,14 +104,14 @@ static int parse_op(const char *s, const char *e, PpChain *pp, char *err, size_t
     const char *name_end = s;
     while (name_end < e && (isalnum((unsigned char)*name_end) || *name_end == '_')) name_end++;
     int nlen = (int)(name_end - s);
-    if (nlen == 0) return fail(err, errlen, "pp: empty or malformed op '%.*s'", (int)(e - s), s);
+    if (nlen == 0) return sm_fail(err, errlen, "pp: empty or malformed op '%.*s'", (int)(e - s), s);
     if (nlen == 6 && strncmp(s, "decode", 6) == 0 && name_end == e) return 0;
     const OpSpec *sp = NULL;
     for (int i = 0; i < N_OP_SPECS; i++)
         if ((int)strlen(op_specs[i].name) == nlen && strncmp(op_specs[i].name, s, nlen) == 0)
             sp = &op_specs[i];
     if (!sp)
-        return fail(err, errlen, "pp: unknown op '%.*s' (known: %s)", nlen, s, KNOWN_OPS);
+        return sm_fail(err, errlen, "pp: unknown op '%.*s' (known: %s)", nlen, s, KNOWN_OPS);
     float v[4];
     int n = 0;
     const char *p = name_end;
@@ -132,26 +120,26 @@ static int parse_op(const char *s, const char *e, PpChain *pp, char *err, size_t
         char tmp[128];  // strtof needs a terminated string
         int len = (int)(e - p - 1);
         if (len >= (int)sizeof tmp)
-            return fail(err, errlen, "pp: %s: arguments too long", sp->name);
+            return sm_fail(err, errlen, "pp: %s: arguments too long", sp->name);
         memcpy(tmp, p + 1, (size_t)len);
         tmp[len] = '\0';
         const char *q = parse_args(tmp, v, 4, &n);
         if (!q || *q != '\0')
-            return fail(err, errlen, "pp: %s: cannot parse arguments '%.*s'", sp->name,
+            return sm_fail(err, errlen, "pp: %s: cannot parse arguments '%.*s'", sp->name,
                         (int)(e - p), p);
     } else if (p != e) {
-        return fail(err, errlen, "pp: %s: unexpected '%.*s'", sp->name, (int)(e - p), p);
+        return sm_fail(err, errlen, "pp: %s: unexpected '%.*s'", sp->name, (int)(e - p), p);
     }
     if (n < sp->min_args || n > sp->max_args)
-        return fail(err, errlen, "pp: %s takes %d..%d arguments, got %d", sp->name,
+        return sm_fail(err, errlen, "pp: %s takes %d..%d arguments, got %d", sp->name,
                     sp->min_args, sp->max_args, n);
-    if (pp->n == PP_MAX_OPS) return fail(err, errlen, "pp: more than %d ops", PP_MAX_OPS);
+    if (pp->n == PP_MAX_OPS) return sm_fail(err, errlen, "pp: more than %d ops", PP_MAX_OPS);
     return set_op_args(sp, v, n, &pp->op[pp->n++], err, errlen);
 }
 
 int pp_parse(const char *spec, PpChain *pp, char *err, size_t errlen) {
     memset(pp, 0, sizeof *pp);
-    if (!spec) return fail(err, errlen, "pp: no preprocessing spec");
+    if (!spec) return sm_fail(err, errlen, "pp: no preprocessing spec");
     const char *s = spec;
     for (;;) {
         const char *e = strchr(s, '|');
@@ -163,7 +151,7 @@ int pp_parse(const char *spec, PpChain *pp, char *err, size_t errlen) {
         if (*e == '\0') break;
         s = e + 1;
     }
-    if (pp->n == 0) return fail(err, errlen, "pp: spec '%s' has no ops", spec);
+    if (pp->n == 0) return sm_fail(err, errlen, "pp: spec '%s' has no ops", spec);
     return 0;
 }
 
@@ -380,7 +368,7 @@ static void state_replace(PpState *st, uint8_t *px, int h, int w) {
 static int check_final(const PpState *st, int h, int w, const char *op, char *err,
                        size_t errlen) {
     if (h == st->S && w == st->S) return 0;
-    return fail(err, errlen, "pp: %s produces %dx%d but the output is %dx%d", op, h, w,
+    return sm_fail(err, errlen, "pp: %s produces %dx%d but the output is %dx%d", op, h, w,
                 st->S, st->S);
 }
 
@@ -439,7 +427,7 @@ static void do_flip(PpState *st) {
 static int do_central_crop(PpState *st, const PpOp *op, int last, char *err, size_t errlen) {
     int ch = (int)op->a, cw = (int)op->b;
     if (ch > st->v.h || cw > st->v.w)
-        return fail(err, errlen, "pp: central_crop(%d, %d) on a %dx%d image", ch, cw, st->v.h,
+        return sm_fail(err, errlen, "pp: central_crop(%d, %d) on a %dx%d image", ch, cw, st->v.h,
                     st->v.w);
     st->v = view_crop(st->v, (st->v.h - ch) / 2, (st->v.w - cw) / 2, ch, cw);
     return last ? materialize(st, "central_crop", err, errlen) : 0;
@@ -474,13 +462,13 @@ static int do_op(PpState *st, const PpOp *op, int last, Rng *rng, char *err, siz
         return 0;
     }
     }
-    return fail(err, errlen, "pp: unknown op kind %d", (int)op->kind);
+    return sm_fail(err, errlen, "pp: unknown op kind %d", (int)op->kind);
 }
 
 int pp_apply(const PpChain *pp, const Image *in, float *out, int S, Rng *rng, char *err,
              size_t errlen) {
     if (!in || !in->px || in->w < 1 || in->h < 1 || (in->c != 1 && in->c != 3))
-        return fail(err, errlen, "pp: bad input image (%dx%dx%d)", in ? in->h : 0,
+        return sm_fail(err, errlen, "pp: bad input image (%dx%dx%d)", in ? in->h : 0,
                     in ? in->w : 0, in ? in->c : 0);
     PpState st = {.v = {in->px, in->w, in->h, in->c, (size_t)in->w * in->c},
                   .out = out, .S = S, .scale = 1, .shift = 0};

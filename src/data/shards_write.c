@@ -19,14 +19,6 @@
 
 #define WPATH_MAX 4096
 
-__attribute__((format(printf, 3, 4)))
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 // ---- shard writer ---------------------------------------------------------
 
@@ -50,9 +42,9 @@ static int writer_init(ShardWriter *w, const char *prefix, int per_shard, char *
     w->err = err;
     w->errlen = errlen;
     if (per_shard <= 0)
-        return fail(err, errlen, "samples per shard must be positive, got %d", per_shard);
+        return sm_fail(err, errlen, "samples per shard must be positive, got %d", per_shard);
     if (!prefix[0] || strlen(prefix) + 16 >= WPATH_MAX)
-        return fail(err, errlen, "bad shard prefix '%s'", prefix);
+        return sm_fail(err, errlen, "bad shard prefix '%s'", prefix);
     // The CLI's usual prefix is out/<name>/train; create out/<name>. sm_mkdirs
     // exits naming the directory, which is all the CLI could do anyway.
     char dir[WPATH_MAX];
@@ -78,7 +70,7 @@ static int shard_begin(ShardWriter *w) {
     if (snprintf(w->final, sizeof w->final, "%s-%06d.tar", w->prefix, w->shard) >=
             (int)sizeof w->final - 4 ||
         snprintf(w->tmp, sizeof w->tmp, "%s.tmp", w->final) >= (int)sizeof w->tmp)
-        return fail(w->err, w->errlen, "shard prefix '%s' is too long", w->prefix);
+        return sm_fail(w->err, w->errlen, "shard prefix '%s' is too long", w->prefix);
     w->a = archive_write_new();
     if (!w->a) sm_die("out of memory creating a libarchive writer for '%s'", w->final);
     if (archive_write_set_format_ustar(w->a) != ARCHIVE_OK) return la_fail(w, "ustar format");
@@ -109,7 +101,7 @@ static int shard_end(ShardWriter *w) {
     w->a = NULL;
     if (rc != ARCHIVE_OK) rc = la_fail(w, "free");
     else if (rename(w->tmp, w->final) != 0)
-        rc = fail(w->err, w->errlen, "cannot rename '%s' to its final name: %s", w->tmp,
+        rc = sm_fail(w->err, w->errlen, "cannot rename '%s' to its final name: %s", w->tmp,
                   strerror(errno));
     if (rc != 0) {
         unlink(w->tmp);  // best effort; the error above is the one to act on
@@ -191,7 +183,7 @@ static int idx_open(Idx *x, const char *dir, const char *split, const char *kind
     errno = 0;
     x->f = gzopen(x->path, "rb");
     if (!x->f)
-        return fail(err, errlen, "cannot open '%s' (nor its .gz): %s", x->path,
+        return sm_fail(err, errlen, "cannot open '%s' (nor its .gz): %s", x->path,
                     errno ? strerror(errno) : "out of memory");
     return 0;
 }
@@ -201,8 +193,8 @@ static int idx_read(Idx *x, void *p, unsigned n, char *err, size_t errlen) {
     if (got == (int)n) return 0;
     int zerr;
     const char *m = gzerror(x->f, &zerr);
-    if (got < 0) return fail(err, errlen, "reading '%s' failed: %s", x->path, m);
-    return fail(err, errlen, "'%s' is truncated: fewer items than its header says", x->path);
+    if (got < 0) return sm_fail(err, errlen, "reading '%s' failed: %s", x->path, m);
+    return sm_fail(err, errlen, "'%s' is truncated: fewer items than its header says", x->path);
 }
 
 // Reads the big-endian header: magic, then ndim sizes.
@@ -215,7 +207,7 @@ static int idx_header(Idx *x, uint32_t magic, uint32_t *dims, int ndim, char *er
         v[i] = (uint32_t)h[4 * i] << 24 | (uint32_t)h[4 * i + 1] << 16 |
                (uint32_t)h[4 * i + 2] << 8 | h[4 * i + 3];
     if (v[0] != magic)
-        return fail(err, errlen, "'%s' is not the expected idx file (magic number %u, not %u)",
+        return sm_fail(err, errlen, "'%s' is not the expected idx file (magic number %u, not %u)",
                     x->path, v[0], magic);
     memcpy(dims, v + 1, (size_t)ndim * sizeof *dims);
     return 0;
@@ -227,10 +219,10 @@ static int idx_close(Idx *x, int check, char *err, size_t errlen) {
     unsigned char extra;
     int rc = 0;
     if (check && gzread(x->f, &extra, 1) != 0)
-        rc = fail(err, errlen, "'%s' has data after the items its header counts", x->path);
+        rc = sm_fail(err, errlen, "'%s' has data after the items its header counts", x->path);
     // gzclose reports a gzip stream cut short even when every byte we asked for came.
     if (gzclose(x->f) != Z_OK && check && rc == 0)
-        rc = fail(err, errlen, "'%s' is corrupt or truncated (gzip error at close)", x->path);
+        rc = sm_fail(err, errlen, "'%s' is corrupt or truncated (gzip error at close)", x->path);
     x->f = NULL;
     return rc;
 }
@@ -245,7 +237,7 @@ static int png_gray(const unsigned char *px, uint32_t w, uint32_t h, unsigned ch
     im.height = h;
     im.format = PNG_FORMAT_GRAY;
     if (png_image_write_to_memory(&im, out, len, 0, px, (png_int_32)w, NULL)) return 0;
-    fail(err, errlen, "PNG encoding of an image of '%s' failed: %s", src, im.message);
+    sm_fail(err, errlen, "PNG encoding of an image of '%s' failed: %s", src, im.message);
     png_image_free(&im);
     return -1;
 }
@@ -259,11 +251,11 @@ static int idx_pair_open(Idx *im, Idx *lb, const char *dir, const char *split, u
     if (idx_header(im, 2051, dims, 3, err, errlen) != 0) return -1;
     if (idx_header(lb, 2049, &nl, 1, err, errlen) != 0) return -1;
     if (nl != dims[0])
-        return fail(err, errlen, "'%s' and '%s' count different numbers of items", im->path,
+        return sm_fail(err, errlen, "'%s' and '%s' count different numbers of items", im->path,
                     lb->path);
     // Real idx images are small; the bound keeps rows*cols far from overflow.
     if (dims[0] == 0 || dims[1] == 0 || dims[2] == 0 || dims[1] > 4096 || dims[2] > 4096)
-        return fail(err, errlen, "'%s' has an empty or implausible shape %ux%ux%u", im->path,
+        return sm_fail(err, errlen, "'%s' has an empty or implausible shape %ux%ux%u", im->path,
                     dims[0], dims[1], dims[2]);
     return 0;
 }
@@ -341,7 +333,7 @@ static int is_dir_entry(const char *dir, const char *name, int want_dirs) {
 static int list_dir(const char *dir, int want_dirs, Names *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     DIR *d = opendir(dir);
-    if (!d) return fail(err, errlen, "cannot list '%s': %s", dir, strerror(errno));
+    if (!d) return sm_fail(err, errlen, "cannot list '%s': %s", dir, strerror(errno));
     for (;;) {
         errno = 0;
         struct dirent *de = readdir(d);
@@ -360,7 +352,7 @@ static int list_dir(const char *dir, int want_dirs, Names *out, char *err, size_
     if (closedir(d) != 0 && !rerr) rerr = errno;
     if (rerr) {
         names_free(out);
-        return fail(err, errlen, "cannot list '%s': %s", dir, strerror(rerr));
+        return sm_fail(err, errlen, "cannot list '%s': %s", dir, strerror(rerr));
     }
     if (out->n) qsort(out->v, (size_t)out->n, sizeof *out->v, cmp_names);  // v is NULL when empty
     return 0;
@@ -381,10 +373,10 @@ static const char *image_ext(const char *name) {
 static int read_file(const char *path, unsigned char **buf, size_t *cap, size_t *len, char *err,
                      size_t errlen) {
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+    if (!f) return sm_fail(err, errlen, "cannot open '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fileno(f), &st) != 0) {
-        fail(err, errlen, "cannot stat '%s': %s", path, strerror(errno));
+        sm_fail(err, errlen, "cannot stat '%s': %s", path, strerror(errno));
         fclose(f);  // read-only; the stat error is the one to report
         return -1;
     }
@@ -404,7 +396,7 @@ static int read_file(const char *path, unsigned char **buf, size_t *cap, size_t 
     int e = errno;
     if (fclose(f) != 0 && got == *len) got = 0, e = errno;
     if (got != *len)
-        return fail(err, errlen, "reading '%s' failed: %s", path,
+        return sm_fail(err, errlen, "reading '%s' failed: %s", path,
                     e ? strerror(e) : "the file shrank while being read");
     return 0;
 }
@@ -421,7 +413,7 @@ static int folder_class(ShardWriter *w, const char *dir, int label, unsigned cha
         size_t len = 0;
         if (!ext) continue;
         if (snprintf(path, sizeof path, "%s/%s", dir, files.v[i]) >= (int)sizeof path)
-            rc = fail(w->err, w->errlen, "path '%s/%s' is too long", dir, files.v[i]);
+            rc = sm_fail(w->err, w->errlen, "path '%s/%s' is too long", dir, files.v[i]);
         if (rc == 0) rc = read_file(path, buf, cap, &len, w->err, w->errlen);
         if (rc == 0 && len > SHARD_MAX_MEMBER) {
             // The reader would drop it as corrupt; say so now instead.
@@ -442,17 +434,17 @@ long shards_write_folder(const char *root, const char *prefix, int per_shard, ch
     if (list_dir(root, 1, &classes, err, errlen) != 0) return -1;
     unsigned char *buf = NULL;
     size_t cap = 0;
-    int rc = classes.n ? 0 : fail(err, errlen, "'%s' has no class directories", root);
+    int rc = classes.n ? 0 : sm_fail(err, errlen, "'%s' has no class directories", root);
     for (int c = 0; c < classes.n && rc == 0; c++) {
         char dir[WPATH_MAX];
         if (snprintf(dir, sizeof dir, "%s/%s", root, classes.v[c]) >= (int)sizeof dir)
-            rc = fail(err, errlen, "path '%s/%s' is too long", root, classes.v[c]);
+            rc = sm_fail(err, errlen, "path '%s/%s' is too long", root, classes.v[c]);
         if (rc == 0) rc = folder_class(&w, dir, c, &buf, &cap);
     }
     free(buf);
     names_free(&classes);
     long n = rc == 0 ? writer_finish(&w) : -1;
     if (n < 0) writer_abort(&w);
-    if (n == 0) return fail(err, errlen, "no .jpg/.jpeg/.png images under '%s'", root);
+    if (n == 0) return sm_fail(err, errlen, "no .jpg/.jpeg/.png images under '%s'", root);
     return n;
 }
