@@ -32,7 +32,7 @@ warmup_steps = 2
 batch_size = 8
 steps = 12
 ckpt_every = 4
-log_every = 4
+log_every = 1
 INI
 
 "$BIN" train "$T/c.ini" train.workdir="$T/straight" 2>"$T/err" || { bad "straight run"; cat "$T/err"; }
@@ -66,7 +66,9 @@ grep -q "format: softmoe version 1" "$T/insp" && grep -q "Moe/Router/scale *() *
 # SIGTERM: finish the step, checkpoint, exit 0; re-running resumes
 "$BIN" train "$T/c.ini" train.workdir="$T/term" train.steps=100000 train.ckpt_every=0 2>"$T/err" &
 pid=$!
-sleep 2
+# wait (at most 20 s) until it is training, then ask it to stop
+i=0
+while [ $i -lt 200 ] && ! grep -q '"loss"' "$T/term/metrics.jsonl" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
 kill -TERM "$pid"
 wait "$pid"
 rc=$?

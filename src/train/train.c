@@ -233,6 +233,12 @@ static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet
 
 void train_run(const Config *c, int quiet, TrainResult *res) {
     memset(res, 0, sizeof *res);
+    // From here on a SIGTERM/SIGINT means: checkpoint after the next step, exit 0.
+    g_stop = 0;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     // Everything that can fail on bad input (model, data sources) comes
     // before the workdir is touched.
     Trainer t;
@@ -251,11 +257,7 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
     if (config_write(c, path) != 0) sm_die("cannot write the resolved config to '%s'", path);
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->workdir);
     FILE *mf = sm_fopen(path, start ? "a" : "w");
-    g_stop = 0;
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+
     const size_t n = t.m.pt.total;
     const int tty = isatty(2) && !quiet;
     double t0 = sm_now(), tlog = t0, wait = 0, wait_log = 0, win_loss = 0;
