@@ -65,6 +65,17 @@ int eval_features(Vit *m, const Config *c, const char *paths, int per_class, flo
     return n;
 }
 
+int eval_correct(const float *logits, const float *targets, int B, int K) {
+    int correct = 0;
+    for (int b = 0; b < B; b++) {
+        const float *z = logits + (size_t)b * K;
+        int best = 0;
+        for (int k = 1; k < K; k++) best = z[k] > z[best] ? k : best;
+        correct += targets[(size_t)b * K + best] > 0.5f;
+    }
+    return correct;
+}
+
 int eval_val(Vit *m, const Config *c, double *prec1, double *loss) {
     if (!c->val[0]) return 0;
     const VitDims *d = &m->d;
@@ -76,12 +87,7 @@ int eval_val(Vit *m, const Config *c, double *prec1, double *loss) {
     int B;
     while ((B = loader_next(l, img, tgt, NULL)) > 0) {
         lsum += vit_forward(m, img, tgt, B) * B;
-        for (int b = 0; b < B; b++) {
-            const float *z = m->a.logits + (size_t)b * d->K;
-            int best = 0;
-            for (int k = 1; k < d->K; k++) best = z[k] > z[best] ? k : best;
-            correct += tgt[(size_t)b * d->K + best] > 0.5f;
-        }
+        correct += eval_correct(m->a.logits, tgt, B, d->K);
         seen += B;
     }
     loader_close(l);

@@ -17,6 +17,10 @@ const char *eval_source_kind(const char *paths);
 // errors.
 int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y);
 
+// How many of B images have their top logit on one of their labels:
+// logits and targets (B,K).
+int eval_correct(const float *logits, const float *targets, int B, int K);
+
 // prec@1 (top class among the labels) and mean loss over data.val. Returns 0
 // when data.val is not set.
 int eval_val(Vit *m, const Config *c, double *prec1, double *loss);

@@ -23,7 +23,6 @@ typedef struct {
     Vit m;
     float *opt_m, *opt_v, *wd;
     float *images, *targets;
-    int *labels;
     int B;
     Loader *ld;                  // NULL for data.source = synthetic
     uint64_t skipped_base;       // samples skipped before a resume
@@ -170,25 +169,18 @@ static void trainer_setup(Trainer *t, const Config *c) {
     const VitDims *d = &t->m.d;
     t->images = sm_aligned((size_t)t->B * d->S * d->S * d->C * sizeof(float));
     t->targets = sm_aligned((size_t)t->B * d->K * sizeof(float));
-    t->labels = sm_malloc((size_t)t->B * sizeof(int));
 }
 
 static void trainer_free(Trainer *t) {
     vit_free(&t->m);
     free(t->opt_m); free(t->opt_v); free(t->wd);
-    free(t->images); free(t->targets); free(t->labels);
+    free(t->images); free(t->targets);
     loader_close(t->ld);
 }
 
 static void score(Trainer *t, int B, long *correct, double *lsum) {
-    const VitDims *d = &t->m.d;
     *lsum += vit_forward(&t->m, t->images, t->targets, B) * B;
-    for (int b = 0; b < B; b++) {
-        const float *z = t->m.a.logits + (size_t)b * d->K;
-        int best = 0;
-        for (int k = 1; k < d->K; k++) best = z[k] > z[best] ? k : best;
-        *correct += t->targets[(size_t)b * d->K + best] > 0.5f;
-    }
+    *correct += eval_correct(t->m.a.logits, t->targets, B, t->m.d.K);
 }
 
 // prec@1 and mean loss over n held-out synthetic images.
@@ -198,7 +190,7 @@ static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *
     double lsum = 0;
     for (int i = 0; i < n; i += t->B) {
         int B = n - i < t->B ? n - i : t->B;
-        synthetic_batch(t->images, t->targets, t->labels, B, d->S, d->C, d->K, c->seed,
+        synthetic_batch(t->images, t->targets, NULL, B, d->S, d->C, d->K, c->seed,
                         SYN_VAL_OFFSET + (uint64_t)i);
         score(t, B, &correct, &lsum);
         seen += B;
