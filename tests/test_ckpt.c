@@ -228,6 +228,10 @@ START_TEST(test_load_errors) {
     expect_error(path, &m.pt, m.params, "newer");
     // missing file
     expect_error("/nonexistent/ckpt-00000001.h5", &m.pt, m.params, "cannot be read");
+    // a write that cannot happen fails cleanly, naming the file, leaving nothing
+    o.step = 6;
+    ck_assert_int_ne(ckpt_save("/nonexistent/dir", &o, err, sizeof err), 0);
+    ck_assert_ptr_nonnull(strstr(err, "/nonexistent/dir/ckpt-00000006.h5"));
     vit_free(&m), vit_free(&mb), vit_free(&mw);
 }
 END_TEST

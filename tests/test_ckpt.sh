@@ -89,5 +89,15 @@ else grep -q "ckpt-00000012.h5" "$T/err" && grep -q "latest_valid" "$T/err" && o
 "$BIN" train "$T/c.ini" train.workdir="$T/init" train.steps=4 train.init="$T/keep.h5" 2>"$T/err" \
     && grep -q "initialised from" "$T/err" && ok || { bad "train.init"; cat "$T/err"; }
 
+# fine-tuning: more classes re-initialise the head, a larger image resizes
+# the learned position embedding (2x2 -> 3x3 patches); a width change fails
+"$BIN" train "$T/c.ini" train.workdir="$T/ft" train.steps=2 train.init="$T/keep.h5" \
+    model.classes=6 model.image_size=12 2>"$T/err" \
+    && grep -q "head/kernel has 4 classes, the config 6: head re-initialised" "$T/err" \
+    && grep -q "position embedding resized from 2x2 to 3x3" "$T/err" && ok || { bad "fine-tune init"; cat "$T/err"; }
+"$BIN" train "$T/c.ini" train.workdir="$T/ft2" train.steps=2 train.init="$T/keep.h5" \
+    model.width=32 model.heads=2 2>"$T/err" && bad "width change: exited 0" \
+    || { grep -q "embedding/kernel does not fit" "$T/err" && ok || { bad "width change message"; cat "$T/err"; }; }
+
 echo "ckpt: $pass passed, $fail failed"
 [ "$fail" = 0 ]
