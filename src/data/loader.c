@@ -420,6 +420,15 @@ static void stop_threads(Loader *l) {
     for (int i = 0; i < l->Q; i++) raw_free(&l->ring[i].raw);
 }
 
+LoaderSpec loader_spec_config(const Config *c, int train) {
+    return (LoaderSpec){.source = c->source, .paths = train ? c->train : c->val,
+                        .pp = train ? c->pp_train : c->pp_eval, .S = c->image_size,
+                        .C = c->channels, .K = c->classes,
+                        .B = train ? c->batch_size : c->eval_batch_size, .seed = c->seed,
+                        .rank = 0, .world = 1, .threads = c->threads,
+                        .shuffle_buffer = c->shuffle_buffer, .train = train};
+}
+
 Loader *loader_open(const LoaderSpec *spec, char *err, size_t n) {
     Loader *l = sm_calloc(1, sizeof *l);
     l->sp = *spec;

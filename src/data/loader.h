@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../core/config.h"
+
 typedef struct {
     const char *source;     // "shards" | "folder"
     const char *paths;      // shard patterns, or the folder root
@@ -34,6 +36,11 @@ typedef struct {
 } LoaderPos;
 
 typedef struct Loader Loader;
+
+// The spec a config describes: train = 1 reads data.train with pp_train,
+// train.batch_size and shuffling; train = 0 reads data.val once, in order,
+// with pp_eval and eval.batch_size. Callers adjust fields as needed.
+LoaderSpec loader_spec_config(const Config *c, int train);
 
 // Checks the sources (patterns that match no file, unreadable folder) and
 // starts the threads. NULL with a message in err on any problem.

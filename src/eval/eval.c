@@ -12,10 +12,9 @@
 const char *eval_source_kind(const char *paths) { return strstr(paths, ".tar") ? "shards" : "folder"; }
 
 static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class) {
-    LoaderSpec sp = {.source = eval_source_kind(paths), .paths = paths, .pp = c->pp_eval,
-                     .S = c->image_size, .C = c->channels, .K = K, .B = m->B, .seed = c->seed,
-                     .rank = 0, .world = 1, .threads = c->threads, .train = 0, .quiet = 1,
-                     .per_class = per_class};
+    LoaderSpec sp = loader_spec_config(c, 0);
+    sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = K, sp.B = m->B;
+    sp.quiet = 1, sp.per_class = per_class;
     char err[1024];
     Loader *l = loader_open(&sp, err, sizeof err);
     if (!l) sm_die("%s (evaluation data '%s')", err, paths);

@@ -115,17 +115,10 @@ static void bench_blocks(const VitDims *d, int B) {
            tm * 1e3, d->E, d->EP, d->ES, d->ES, ts * 1e3, tm / ts, d->N, tn * 1e3, tm / tn);
 }
 
-static LoaderSpec bench_loader_spec(const Config *c, int threads) {
-    return (LoaderSpec){.source = c->source, .paths = c->train, .pp = c->pp_train,
-                        .S = c->image_size, .C = c->channels, .K = c->classes,
-                        .B = c->batch_size, .seed = c->seed, .rank = 0, .world = 1,
-                        .threads = threads, .shuffle_buffer = c->shuffle_buffer, .train = 1,
-                        .quiet = 1};
-}
-
 // Images/s the loader alone delivers with `threads` decode threads.
 static double loader_rate(const Config *c, int threads, float *img, float *tgt) {
-    LoaderSpec sp = bench_loader_spec(c, threads);
+    LoaderSpec sp = loader_spec_config(c, 1);
+    sp.threads = threads, sp.quiet = 1;
     char err[1024];
     Loader *l = loader_open(&sp, err, sizeof err);
     if (!l) sm_die("%s (data.train)", err);
@@ -165,7 +158,8 @@ void bench_run(const Config *c, int steps) {
         for (int th = 1; th <= 2; th++)
             printf("loader: %.1f img/s with %d decode thread%s (%s, %s)\n",
                    loader_rate(c, th, img, tgt), th, th > 1 ? "s" : "", c->train, c->pp_train);
-        LoaderSpec sp = bench_loader_spec(c, c->threads);
+        LoaderSpec sp = loader_spec_config(c, 1);
+        sp.quiet = 1;
         char err[1024];
         ld = loader_open(&sp, err, sizeof err);
         if (!ld) sm_die("%s (data.train)", err);

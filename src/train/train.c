@@ -128,15 +128,6 @@ static long restore(Trainer *t, const Config *c, int quiet) {
     return 0;
 }
 
-static LoaderSpec loader_spec(const Config *c, int train) {
-    return (LoaderSpec){.source = c->source, .paths = train ? c->train : c->val,
-                        .pp = train ? c->pp_train : c->pp_eval, .S = c->image_size,
-                        .C = c->channels, .K = c->classes,
-                        .B = train ? c->batch_size : c->eval_batch_size, .seed = c->seed,
-                        .rank = 0, .world = 1, .threads = c->threads,
-                        .shuffle_buffer = c->shuffle_buffer, .train = train};
-}
-
 // The next training batch into t->images / t->targets.
 static void next_batch(Trainer *t, const Config *c, long step) {
     const VitDims *d = &t->m.d;
@@ -236,7 +227,7 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
     Trainer t;
     trainer_setup(&t, c);
     if (strcmp(c->source, "synthetic")) {
-        LoaderSpec sp = loader_spec(c, 1);
+        LoaderSpec sp = loader_spec_config(c, 1);
         sp.quiet = quiet;
         char err[1024];
         t.ld = loader_open(&sp, err, sizeof err);
