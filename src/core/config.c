@@ -55,7 +55,6 @@ static const KeyDef KEYS[] = {
     {"data", "pp_eval", T_STR, F(pp_eval), "resize_small(256)|central_crop(224)|value_range(-1,1)", NULL, NOMIN},
     {"data", "threads", T_INT, F(threads), "2", NULL, 1},
     {"data", "shuffle_buffer", T_INT, F(shuffle_buffer), "10000", NULL, 0},
-    {"data", "synthetic_size", T_INT, F(synthetic_size), "10000", NULL, 1},
     {"optim", "lr", T_DOUBLE, F(lr), "1e-3", NULL, 0},
     {"optim", "b1", T_DOUBLE, F(b1), "0.9", NULL, 0},
     {"optim", "b2", T_DOUBLE, F(b2), "0.999", NULL, 0},

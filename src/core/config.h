@@ -42,7 +42,6 @@ typedef struct {
     char pp_eval[CFG_STR];
     int threads;
     int shuffle_buffer;
-    int synthetic_size;          // images in the synthetic train split
 
     // [optim]
     double lr, b1, b2, eps;
