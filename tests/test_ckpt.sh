@@ -99,5 +99,19 @@ else grep -q "ckpt-00000012.h5" "$T/err" && grep -q "latest_valid" "$T/err" && o
     model.width=32 model.heads=2 2>"$T/err" && bad "width change: exited 0" \
     || { grep -q "embedding/kernel does not fit" "$T/err" && ok || { bad "width change message"; cat "$T/err"; }; }
 
+# softmoe eval on a checkpoint and on a fresh config: val prec@1/loss and
+# few-shot accuracy as JSON lines (synthetic JPEG shards, 10 classes)
+"$BIN" shards synth "$T/syn/s" 80 40 >/dev/null 2>&1 || bad "shards synth"
+EV="data.source=shards data.val=$T/syn/s-{000000..000001}.tar model.classes=4"
+for src in "$T/keep.h5" "$T/c.ini"; do
+    # shellcheck disable=SC2086
+    "$BIN" eval "$src" $EV "data.pp_eval=resize(8)|value_range(-1,1)" \
+        "fewshot.syn=$T/syn/s-{000000..000001}.tar|$T/syn/s-{000000..000001}.tar" \
+        fewshot.shots=1,2 fewshot.per_class=2 >"$T/ev" 2>"$T/err"
+    grep -q '"val/prec@1": ' "$T/ev" && grep -q '"fewshot/syn/1shot": ' "$T/ev" \
+        && grep -q '"fewshot/syn/2shot": ' "$T/ev" && ok || { bad "eval $src"; cat "$T/ev" "$T/err"; }
+done
+grep -q '"step": 0,' "$T/ev" && ok || bad "eval of a config reports step 0"
+
 echo "ckpt: $pass passed, $fail failed"
 [ "$fail" = 0 ]
