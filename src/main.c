@@ -12,6 +12,7 @@
 #include "eval/eval.h"
 #include <unistd.h>
 #include "train/train.h"
+#include "dist/dist.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -54,6 +55,37 @@ static const char *group_of(const char *name) {
     return "layernorm";
 }
 
+// What one rank sends per training step over MPI, for several rank counts
+// at the config's global batch. All-to-alls: each Soft MoE block moves this
+// rank's slots (E,B*P,D floats) to the experts' owners and back, forward and
+// backward (4 all-to-alls), of which the share (ep-1)/ep leaves the rank;
+// that is also the minimum, since a slot must reach its expert and return.
+// Allreduces: the dense gradients over all W ranks, the expert gradients over
+// the W/ep replicas; a ring allreduce sends 2(n-1)/n of the payload.
+static void print_comm(const Vit *m, const Config *c) {
+    const VitDims *d = &m->d;
+    double dense = 0, expert = 0;
+    for (int i = 0; i < m->pt.n; i++) {
+        const ParamSpec *s = &m->pt.t[i];
+        if (ptable_is_expert(s)) expert += (double)ptable_global_numel(s);
+        else dense += (double)s->numel;
+    }
+    printf("communication per rank per step, global batch %d, dist.expert_parallel = %s:\n",
+           c->batch_size, c->expert_parallel ? "as set" : "all ranks");
+    printf("  %6s %10s %8s %18s %18s\n", "ranks", "batch/rank", "experts", "all-to-all MB",
+           "allreduce MB");
+    const int Ws[] = {2, 4, 8, 16, 32, 64, 128, 256};
+    for (size_t k = 0; k < sizeof Ws / sizeof *Ws; k++) {
+        int W = Ws[k], ep = c->expert_parallel ? c->expert_parallel : W;
+        if (d->E == 0) ep = 1;
+        if (c->batch_size % W || W % ep || (d->E && d->E % ep)) continue;
+        double B = c->batch_size / W, rep = W / ep;
+        double a2a = 4.0 * d->n_moe * d->E * B * d->EP * d->D * 4 * (ep - 1) / ep;
+        double ar = dense * 4 * 2 * (W - 1) / W + expert / ep * 4 * 2 * (rep - 1) / rep;
+        printf("  %6d %10.0f %8d %18.4f %18.4f\n", W, B, d->E ? d->E / ep : 0, a2a / 1e6, ar / 1e6);
+    }
+}
+
 static int cmd_params(const Config *c) {
     Vit m;
     vit_build(&m, c);
@@ -71,6 +103,7 @@ static int cmd_params(const Config *c) {
     printf("tensors: %d\n", m.pt.n);
     printf("tokens: %d\n", m.d.N);
     printf("gflops_per_image: %.4f\n", vit_flops_per_image(&m.d) / 1e9);
+    print_comm(&m, c);
     ptable_free(&m.pt);
     return 0;
 }
@@ -167,7 +200,7 @@ static int cmd_eval(int argc, char **argv) {
     return 0;
 }
 
-int main(int argc, char **argv) {
+static int run(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
@@ -208,4 +241,11 @@ int main(int argc, char **argv) {
     TrainResult r;
     train_run(&c, 0, &r);
     return 0;
+}
+
+int main(int argc, char **argv) {
+    dist_init(&argc, &argv);
+    int rc = run(argc, argv);
+    dist_finalize();
+    return rc;
 }

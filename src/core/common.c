@@ -7,14 +7,19 @@
 #include <sys/resource.h>
 #include <time.h>
 
+char sm_rank_tag[32];
+void (*sm_fatal_exit)(int code);
+
 void sm_die_at(const char *file, int line, const char *fmt, ...) {
     fflush(stdout);
-    fprintf(stderr, "softmoe: error: ");
+    fprintf(stderr, "softmoe: error: %s", sm_rank_tag);
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n  (at %s:%d)\n", file, line);
+    fflush(stderr);
+    if (sm_fatal_exit) sm_fatal_exit(1);
     exit(1);
 }
 

@@ -10,6 +10,11 @@
 void sm_die_at(const char *file, int line, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 3, 4)));
 #define sm_die(...) sm_die_at(__FILE__, __LINE__, __VA_ARGS__)
+// Set by the MPI layer: a tag such as "rank 3 of 8: " put in front of every
+// fatal message, and the exit used instead of exit(1) (MPI_Abort, so that no
+// other rank waits forever in a collective).
+extern char sm_rank_tag[32];
+extern void (*sm_fatal_exit)(int code);
 
 // Assertions that stay on in release builds (ggml's habit).
 #define SM_CHECK(cond, ...) \

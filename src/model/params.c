@@ -36,6 +36,8 @@ int ptable_add(ParamTable *pt, const char *name, InitKind init, float init_arg,
     s->fan_in = fan_in;
     s->fan_out = fan_out;
     s->n_stack = 1;
+    s->stack_total = 1;
+    s->stack_first = 0;
     s->offset = pt->total;
     pt->total += (s->numel + 15) / 16 * 16;
     return pt->n++;
@@ -52,4 +54,21 @@ void ptable_shape_str(const ParamSpec *s, char *buf, size_t n) {
     for (int i = 0; i < s->ndim && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, i ? ",%d" : "%d", s->shape[i]);
     if (k < n) snprintf(buf + k, n - k, ")");
+}
+
+int ptable_is_expert(const ParamSpec *s) { return s->stack_total > 1; }
+
+void ptable_global_shape(const ParamSpec *s, int *shape) {
+    for (int k = 0; k < s->ndim; k++) shape[k] = s->shape[k];
+    if (ptable_is_expert(s)) shape[0] = s->stack_total;
+}
+
+size_t ptable_global_numel(const ParamSpec *s) {
+    return ptable_is_expert(s) ? s->numel / (size_t)s->n_stack * (size_t)s->stack_total : s->numel;
+}
+
+size_t ptable_global_total(const ParamTable *pt) {
+    size_t n = 0;
+    for (int i = 0; i < pt->n; i++) n += ptable_global_numel(&pt->t[i]);
+    return n;
 }

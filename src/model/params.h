@@ -29,6 +29,10 @@ typedef struct {
     float init_arg;
     int fan_in, fan_out;      // for the variance-scaling inits
     int n_stack;              // >1 for stacked expert tensors (E, ...): init each slice
+    // Stacked expert tensors under expert parallelism hold n_stack of the
+    // stack_total experts, starting at global expert stack_first; shape[0] is
+    // the local n_stack, the checkpoint's dataset has stack_total.
+    int stack_total, stack_first;
 } ParamSpec;
 
 typedef struct {
@@ -45,5 +49,11 @@ int ptable_add(ParamTable *pt, const char *name, InitKind init, float init_arg,
                int fan_in, int fan_out, int ndim, const int *shape);
 // Index of the tensor with this exact name, or -1.
 int ptable_find(const ParamTable *pt, const char *name);
-// Formats "(D,H,Dh)" style shape text.
+// Formats "(D,H,Dh)" style shape text (the local shape).
 void ptable_shape_str(const ParamSpec *s, char *buf, size_t n);
+// The whole tensor's shape and size (stack_total experts, as in a checkpoint).
+void ptable_global_shape(const ParamSpec *s, int *shape);
+size_t ptable_global_numel(const ParamSpec *s);
+int ptable_is_expert(const ParamSpec *s);
+// Parameters of the whole model (every expert), without padding.
+size_t ptable_global_total(const ParamTable *pt);

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../dist/dist.h"
 #include "fastmath.h"
 #include "layers.h"
 
@@ -14,37 +15,87 @@
 
 static size_t rnd(size_t n) { return (n + 15) / 16 * 16; }
 
+MoeDims moe_dims_local(MoeDims d) {
+    if (d.W < 1) d.W = 1;
+    if (d.El < 1) d.El = d.E / d.W;
+    return d;
+}
+
+// The slot tensors are E*B*P rows on either side of the exchange (El*W = E);
+// the expert-side copies exist only with W > 1.
 size_t softmoe_acts_floats(MoeDims d) {
+    d = moe_dims_local(d);
     size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
+    size_t xd = rnd(d.E * R * d.D);
     return rnd(BN * d.D) + rnd(BN) + rnd((size_t)d.D * S) + rnd(S) + 3 * rnd(BN * S) +
-           2 * rnd(d.E * R * d.D) + 2 * rnd(d.E * R * d.M);
+           (d.W > 1 ? 4 : 2) * xd + 2 * rnd(d.E * R * d.M);
 }
 
 void softmoe_acts_carve(MoeActs *a, float *p, MoeDims d) {
+    d = moe_dims_local(d);
     size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
 #define TAKE(f, n) (a->f = p, p += rnd(n))
     TAKE(xn, BN * d.D); TAKE(rn, BN); TAKE(mun, (size_t)d.D * S); TAKE(cn, S);
     TAKE(raw, BN * S); TAKE(dw, BN * S); TAKE(cw, BN * S);
     TAKE(xs, d.E * R * d.D); TAKE(ys, d.E * R * d.D);
+    if (d.W > 1) {
+        TAKE(xe, d.E * R * d.D); TAKE(ye, d.E * R * d.D);
+    } else {
+        a->xe = a->xs, a->ye = a->ys;
+    }
     TAKE(h, d.E * R * d.M); TAKE(hg, d.E * R * d.M);
 #undef TAKE
 }
 
 size_t softmoe_scratch_floats(MoeDims d) {
+    d = moe_dims_local(d);
     size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
-    return 2 * rnd((size_t)d.B * S * d.D) + 2 * rnd(BN * S) + 2 * rnd(d.E * R * d.D) +
-           2 * rnd(d.E * R * d.M) + rnd(BN * d.D) + rnd((size_t)d.D * S) + rnd((size_t)d.B * 2 * S);
+    return 2 * rnd((size_t)d.B * S * d.D) + 2 * rnd(BN * S) +
+           (d.W > 1 ? 5 : 2) * rnd(d.E * R * d.D) + 2 * rnd(d.E * R * d.M) + rnd(BN * d.D) +
+           rnd((size_t)d.D * S) + rnd((size_t)d.B * 2 * S);
 }
 
 void softmoe_scratch_carve(MoeScratch *s, float *p, MoeDims d) {
+    d = moe_dims_local(d);
     size_t S = (size_t)d.E * d.P, BN = (size_t)d.B * d.N, R = (size_t)d.B * d.P;
 #define TAKE(f, n) (s->f = p, p += rnd(n))
     TAKE(sd0, (size_t)d.B * S * d.D); TAKE(sd1, (size_t)d.B * S * d.D);
     TAKE(dC, BN * S); TAKE(dD, BN * S);
     TAKE(dxs, d.E * R * d.D); TAKE(dys, d.E * R * d.D);
+    if (d.W > 1) {
+        TAKE(dxe, d.E * R * d.D); TAKE(dye, d.E * R * d.D); TAKE(xch, d.E * R * d.D);
+    } else {
+        s->dxe = s->dxs, s->dye = s->dys, s->xch = NULL;
+    }
     TAKE(dh, d.E * R * d.M); TAKE(dhg, d.E * R * d.M);
     TAKE(dxn, BN * d.D); TAKE(dmun, (size_t)d.D * S); TAKE(col, (size_t)d.B * 2 * S);
 #undef TAKE
+}
+
+// Expert parallelism: slot rows (E,B*P,D) of this rank's images to the rows
+// (El,W*B*P,D) of its experts, through xch (W,El,B*P,D) as received.
+static void to_owners(float *xe, const float *xs, float *xch, MoeDims d) {
+    if (d.W == 1) return;  // xe is xs
+    const size_t blk = (size_t)d.B * d.P * d.D;
+    dist_alltoall_ep(xs, xch, (size_t)d.El * blk);
+    #pragma omp parallel for schedule(static) collapse(2)
+    for (int e = 0; e < d.El; e++)
+        for (int r = 0; r < d.W; r++)
+            memcpy(xe + ((size_t)e * d.W + r) * blk, xch + ((size_t)r * d.El + e) * blk,
+                   blk * sizeof(float));
+}
+
+// The way back: expert rows (El,W*B*P,D) to the slots (E,B*P,D) of the
+// images they came from.
+static void from_owners(float *ys, const float *ye, float *xch, MoeDims d) {
+    if (d.W == 1) return;  // ys is ye
+    const size_t blk = (size_t)d.B * d.P * d.D;
+    #pragma omp parallel for schedule(static) collapse(2)
+    for (int r = 0; r < d.W; r++)
+        for (int e = 0; e < d.El; e++)
+            memcpy(xch + ((size_t)r * d.El + e) * blk, ye + ((size_t)e * d.W + r) * blk,
+                   blk * sizeof(float));
+    dist_alltoall_ep(xch, ys, (size_t)d.El * blk);
 }
 
 // Image-major (B,S,D) <-> expert-major (E,B*P,D): slot s = e*P + p of image b
@@ -119,21 +170,23 @@ static void route_image(float *dw, float *cw, float *col, const float *raw, floa
         for (int s = 0; s < S; s++) dw[(size_t)n * S + s] *= csum[s];
 }
 
+// The El local experts, each on its W*B*P rows.
 static void experts_forward(MoeActs *a, const MoeW *w, MoeDims d) {
-    const int R = d.B * d.P;
+    const int R = d.W * d.B * d.P;
     #pragma omp parallel for schedule(dynamic)
-    for (int e = 0; e < d.E; e++) {
+    for (int e = 0; e < d.El; e++) {
         size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M;
-        dense_forward(a->h + rm, a->xs + rd, w->w1 + (size_t)e * d.D * d.M, w->b1 + (size_t)e * d.M,
+        dense_forward(a->h + rm, a->xe + rd, w->w1 + (size_t)e * d.D * d.M, w->b1 + (size_t)e * d.M,
                       R, d.D, d.M, 0);
         gelu_forward(a->hg + rm, a->h + rm, (size_t)R * d.M);
-        dense_forward(a->ys + rd, a->hg + rm, w->w2 + (size_t)e * d.M * d.D,
+        dense_forward(a->ye + rd, a->hg + rm, w->w2 + (size_t)e * d.M * d.D,
                       w->b2 + (size_t)e * d.D, R, d.M, d.D, 0);
     }
 }
 
 void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, const MoeW *w,
                      MoeDims d, int accumulate) {
+    d = moe_dims_local(d);
     const int S = d.E * d.P, N = d.N, D = d.D;
     const float scale = w->scale[0];
     rownorm_forward(a->xn, a->rn, y, d.B * N, D);
@@ -149,7 +202,9 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
                     y + (size_t)b * N * D, D, 0.0f, s->sd0 + (size_t)b * S * D, D);
     }
     to_experts(a->xs, s->sd0, d);
+    to_owners(a->xe, a->xs, s->xch, d);
     experts_forward(a, w, d);
+    from_owners(a->ys, a->ye, s->xch, d);
     to_images(s->sd0, a->ys, d);
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++)
@@ -161,18 +216,18 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
 
 static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, const MoeW *w,
                              MoeDims d) {
-    const int R = d.B * d.P;
-    memset(s->dxs, 0, (size_t)d.E * R * d.D * sizeof(float));
-    memset(s->dhg, 0, (size_t)d.E * R * d.M * sizeof(float));
-    memset(s->dh, 0, (size_t)d.E * R * d.M * sizeof(float));
+    const int R = d.W * d.B * d.P;
+    memset(s->dxe, 0, (size_t)d.El * R * d.D * sizeof(float));
+    memset(s->dhg, 0, (size_t)d.El * R * d.M * sizeof(float));
+    memset(s->dh, 0, (size_t)d.El * R * d.M * sizeof(float));
     #pragma omp parallel for schedule(dynamic)
-    for (int e = 0; e < d.E; e++) {
+    for (int e = 0; e < d.El; e++) {
         size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M;
         size_t wo = (size_t)e * d.D * d.M;
-        dense_backward(s->dhg + rm, g->w2 + wo, g->b2 + (size_t)e * d.D, s->dys + rd, a->hg + rm,
+        dense_backward(s->dhg + rm, g->w2 + wo, g->b2 + (size_t)e * d.D, s->dye + rd, a->hg + rm,
                        w->w2 + wo, R, d.M, d.D);
         gelu_backward(s->dh + rm, s->dhg + rm, a->h + rm, (size_t)R * d.M);
-        dense_backward(s->dxs + rd, g->w1 + wo, g->b1 + (size_t)e * d.M, s->dh + rm, a->xs + rd,
+        dense_backward(s->dxe + rd, g->w1 + wo, g->b1 + (size_t)e * d.M, s->dh + rm, a->xe + rd,
                        w->w1 + wo, R, d.D, d.M);
     }
 }
@@ -196,6 +251,7 @@ static void route_backward_image(float *dD, float *col, const float *dC, const f
 
 void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout,
                       const MoeActs *a, const float *y, const MoeW *w, MoeDims d) {
+    d = moe_dims_local(d);
     const int S = d.E * d.P, N = d.N, D = d.D, BN = d.B * d.N;
     const float scale = w->scale[0];
     // combine: out = Cw @ ys
@@ -209,7 +265,9 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
                     dout + od, D, 0.0f, s->sd1 + os, D);
     }
     to_experts(s->dys, s->sd1, d);
+    to_owners(s->dye, s->dys, s->xch, d);
     experts_backward(s, g, a, w, d);
+    from_owners(s->dxs, s->dxe, s->xch, d);
     // dispatch: xs = Dw^T @ y
     to_images(s->sd0, s->dxs, d);
     #pragma omp parallel for schedule(static)

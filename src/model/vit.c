@@ -8,6 +8,7 @@
 
 #include "../core/common.h"
 #include "../core/rng.h"
+#include "../dist/dist.h"
 #include "layers.h"
 
 static int add(ParamTable *pt, const char *name, InitKind init, float arg, int fi, int fo,
@@ -106,10 +107,22 @@ int vit_check_config(const Config *c, char *err, size_t n) {
     return parse_layers(c->layers, c->depth, mask, err, n);
 }
 
-// Soft MoE parameters of block l (vmoe names; experts stacked on a leading E axis).
+MoeDims vit_moe_dims(const VitDims *d, int B) {
+    return (MoeDims){B, d->N, d->D, d->M, d->E, d->EP, d->El, d->ep};
+}
+
+// Marks a stacked expert tensor: this rank holds El of the E experts.
+static void stacked(ParamTable *pt, int k, const VitDims *d) {
+    pt->t[k].n_stack = d->El;
+    pt->t[k].stack_total = d->E;
+    pt->t[k].stack_first = d->ep_rank * d->El;
+}
+
+// Soft MoE parameters of block l (vmoe names; experts stacked on a leading E
+// axis, of which this rank holds El).
 static void add_moe(ParamTable *pt, int l, const VitDims *d) {
     char n[PARAM_NAME];
-    const int E = d->E, D = d->D, M = d->M;
+    const int E = d->E, El = d->El, D = d->D, M = d->M;
     snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/mu", l);
     // flax lecun_normal on (D,E,P): fan_in = D*E
     add(pt, n, INIT_LECUN_NORMAL, 0, D * E, 0, 3, D, E, d->EP, 0);
@@ -117,17 +130,17 @@ static void add_moe(ParamTable *pt, int l, const VitDims *d) {
     add(pt, n, INIT_ONES, 0, 0, 0, 0, 0, 0, 0, 0);
     int k;
     snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_0/kernel", l);
-    k = add(pt, n, INIT_XAVIER_UNIFORM, 0, D, M, 3, E, D, M, 0);
-    pt->t[k].n_stack = E;
+    k = add(pt, n, INIT_XAVIER_UNIFORM, 0, D, M, 3, El, D, M, 0);
+    stacked(pt, k, d);
     snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_0/bias", l);
-    k = add(pt, n, INIT_NORMAL, 1e-6f, 0, 0, 2, E, M, 0, 0);
-    pt->t[k].n_stack = E;
+    k = add(pt, n, INIT_NORMAL, 1e-6f, 0, 0, 2, El, M, 0, 0);
+    stacked(pt, k, d);
     snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_1/kernel", l);
-    k = add(pt, n, INIT_XAVIER_UNIFORM, 0, M, D, 3, E, M, D, 0);
-    pt->t[k].n_stack = E;
+    k = add(pt, n, INIT_XAVIER_UNIFORM, 0, M, D, 3, El, M, D, 0);
+    stacked(pt, k, d);
     snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_1/bias", l);
-    k = add(pt, n, INIT_NORMAL, 1e-6f, 0, 0, 2, E, D, 0, 0);
-    pt->t[k].n_stack = E;
+    k = add(pt, n, INIT_NORMAL, 1e-6f, 0, 0, 2, El, D, 0, 0);
+    stacked(pt, k, d);
 }
 
 void vit_build(Vit *m, const Config *c) {
@@ -151,6 +164,9 @@ void vit_build(Vit *m, const Config *c) {
         d->EP = d->EP < 1 ? 1 : d->EP;
         d->ES = d->E * d->EP;
         d->shared_init = c->shared_init;
+        d->ep = dist_ep(), d->ep_rank = dist_ep_rank();
+        SM_CHECK(d->E % d->ep == 0, "moe.experts = %d cannot be split over %d ranks", d->E, d->ep);
+        d->El = d->E / d->ep;
         parse_layers(c->layers, d->L, d->is_moe, err, sizeof err);
         for (int l = 0; l < d->L; l++) d->n_moe += d->is_moe[l];
     }
@@ -255,7 +271,7 @@ static size_t carve(Vit *m, float *base, int B) {
     const size_t BN = (size_t)B * d->N, BND = BN * d->D, BNM = BN * d->M;
 #define TAKE(p, n) (p = base ? base + off : NULL, off += ((size_t)(n) + 15) / 16 * 16)
     VitActs *a = &m->a;
-    const MoeDims md = {B, d->N, d->D, d->M, d->E, d->EP};
+    const MoeDims md = vit_moe_dims(d, B);
     TAKE(a->patches, (size_t)B * d->Np * d->P * d->P * d->C);
     TAKE(a->emb, (size_t)B * d->Np * d->D);
     for (int l = 0; l < d->L; l++) {
@@ -337,11 +353,7 @@ void vit_free(Vit *m) {
 
 void vit_zero_grad(Vit *m) { memset(m->grads, 0, m->pt.total * sizeof(float)); }
 
-static void init_tensor(float *p, const ParamSpec *s, Rng *r, int shared) {
-    // Stacked experts (E, ...): with shared init (vmoe's default) draw one
-    // expert and copy it; otherwise each expert gets its own draws.
-    size_t n = s->numel;
-    if (s->n_stack > 1 && shared) n /= (size_t)s->n_stack;
+static void init_values(float *p, size_t n, const ParamSpec *s, Rng *r) {
     for (size_t i = 0; i < n; i++) {
         float v = 0.0f;
         switch (s->init) {
@@ -361,15 +373,33 @@ static void init_tensor(float *p, const ParamSpec *s, Rng *r, int shared) {
         }
         p[i] = v;
     }
-    for (size_t i = n; i < s->numel; i++) p[i] = p[i % n];
 }
 
 void vit_init(Vit *m, uint64_t seed) {
     // One stream per tensor: adding a tensor never changes the others' values.
+    // Stacked experts (E, ...): with shared init (vmoe's default) one slice is
+    // drawn and copied; otherwise global expert g has its own stream (expert 0
+    // the tensor's), so a rank holding experts [first, first + El) draws the
+    // same values as a single rank holding all of them.
     for (int i = 0; i < m->pt.n; i++) {
+        const ParamSpec *s = &m->pt.t[i];
+        float *p = m->params + s->offset;
         Rng r;
         rng_seed(&r, seed, (uint64_t)i + 1);
-        init_tensor(m->params + m->pt.t[i].offset, &m->pt.t[i], &r, m->d.shared_init);
+        if (s->n_stack <= 1 && !ptable_is_expert(s)) {
+            init_values(p, s->numel, s, &r);
+            continue;
+        }
+        size_t slice = s->numel / (size_t)s->n_stack;
+        for (int j = 0; j < s->n_stack; j++) {
+            uint64_t g = (uint64_t)(s->stack_first + j);
+            if (m->d.shared_init && j > 0) {
+                memcpy(p + j * slice, p, slice * sizeof(float));
+                continue;
+            }
+            rng_seed(&r, seed, ((uint64_t)i + 1) | (m->d.shared_init ? 0 : g << 32));
+            init_values(p + j * slice, slice, s, &r);
+        }
     }
 }
 

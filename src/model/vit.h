@@ -18,6 +18,7 @@ typedef struct {
     int pool, learn_pos, qk_norm, loss;
     int E, EP, ES;                   // experts E, slots per expert P, all slots S = E*P (E = 0: dense)
     int shared_init;                 // all experts start equal
+    int El, ep, ep_rank;             // experts held here, expert-group size and rank (dist)
     int n_moe;                       // number of Soft MoE blocks
     unsigned char is_moe[VIT_MAX_DEPTH];
 } VitDims;
@@ -98,6 +99,8 @@ typedef struct {
     float *posemb_fixed;             // (Np,D) for sincos2d
 } Vit;
 
+// The Soft MoE layer's dimensions for a batch of B images on this rank.
+MoeDims vit_moe_dims(const VitDims *d, int B);
 // Checks the model keys the config loader cannot judge alone (moe.layers,
 // moe.router, slots); returns 0, or -1 with a message naming the key.
 int vit_check_config(const Config *c, char *err, size_t errlen);

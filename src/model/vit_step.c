@@ -45,7 +45,7 @@ static void block_forward(Vit *m, int l, int B, float *out) {
     layernorm_forward(k->ln1, k->ln1_mean, k->ln1_rstd, k->xm, w->ln1_s, w->ln1_b, BN, D);
     memcpy(out, k->xm, (size_t)BN * D * sizeof(float));
     if (d->is_moe[l]) {
-        MoeDims md = {B, d->N, D, d->M, d->E, d->EP};
+        MoeDims md = vit_moe_dims(d, B);
         softmoe_forward(out, &k->moe, &m->a.moe, k->ln1, &w->moe, md, 1);
         return;
     }
@@ -132,7 +132,7 @@ static void block_backward(Vit *m, int l, int B) {
     zero(a->dln, BND);
     if (d->is_moe[l]) {
         // Soft MoE branch: out = xm + SoftMoE(ln1)
-        MoeDims md = {B, d->N, D, M, d->E, d->EP};
+        MoeDims md = vit_moe_dims(d, B);
         softmoe_backward(a->dln, &g->moe, &a->moe, a->dx, &k->moe, k->ln1, &w->moe, md);
     } else {
         // MLP branch: out = xm + gelu(ln1 @ w1 + b1) @ w2 + b2

@@ -24,7 +24,9 @@ static double sumsq(const float *x, size_t n) {
     return (a0 + a1) + (a2 + a3);
 }
 
-double l2_norm(const float *x, size_t n) {
+double l2_norm(const float *x, size_t n) { return sqrt(l2_sumsq(x, n)); }
+
+double l2_sumsq(const float *x, size_t n) {
     double part[NORM_CHUNKS];
     size_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
 #pragma omp parallel for schedule(static) if (n >= NORM_PARALLEL_MIN)
@@ -36,7 +38,7 @@ double l2_norm(const float *x, size_t n) {
     }
     double s = 0;
     for (int c = 0; c < NORM_CHUNKS; c++) s += part[c];
-    return sqrt(s);
+    return s;
 }
 
 float clip_factor(double norm, double max_norm) {

@@ -106,7 +106,8 @@ static double time_moe(MoeDims d, int reps, Rng *r) {
 static void bench_blocks(const VitDims *d, int B) {
     Rng r;
     rng_seed(&r, 3, 4);
-    MoeDims md = {B, d->N, d->D, d->M, d->E, d->EP};
+    MoeDims md = vit_moe_dims(d, B);
+    md.El = d->E, md.W = 1;  // one process holding every expert
     double tm = time_moe(md, 5, &r);
     double ts = time_mlp(B * d->ES, d->D, d->M, 5, &r);
     double tn = time_mlp(B * d->N, d->D, d->M, 5, &r);

@@ -59,46 +59,100 @@ static int put_array(hid_t f, hid_t lcpl, const char *name, hid_t ftype, hid_t m
     return rc;
 }
 
+// Writes the block's part of one tensor: all of it, or for a stacked expert
+// tensor the hyperslab of this rank's experts inside the whole (E, ...)
+// dataset. create: the dataset does not exist yet.
+static int put_tensor(hid_t f, hid_t lcpl, const char *name, const ParamSpec *s,
+                      const float *data, int create) {
+    hsize_t dims[PARAM_MAXDIM], local[PARAM_MAXDIM], start[PARAM_MAXDIM] = {0};
+    int gshape[PARAM_MAXDIM];
+    ptable_global_shape(s, gshape);
+    for (int k = 0; k < s->ndim; k++) dims[k] = (hsize_t)gshape[k], local[k] = (hsize_t)s->shape[k];
+    start[0] = ptable_is_expert(s) ? (hsize_t)s->stack_first : 0;
+    hid_t fsp = s->ndim ? H5Screate_simple(s->ndim, dims, NULL) : H5Screate(H5S_SCALAR);
+    hid_t d = create ? H5Dcreate2(f, name, H5T_IEEE_F32LE, fsp, lcpl, H5P_DEFAULT, H5P_DEFAULT)
+                     : H5Dopen2(f, name, H5P_DEFAULT);
+    int rc = d >= 0 ? 0 : -1;
+    if (rc == 0 && ptable_is_expert(s)) {
+        hid_t msp = H5Screate_simple(s->ndim, local, NULL);
+        rc = H5Sselect_hyperslab(fsp, H5S_SELECT_SET, start, NULL, local, NULL) >= 0 &&
+                     H5Dwrite(d, H5T_NATIVE_FLOAT, msp, fsp, H5P_DEFAULT, data) >= 0
+                 ? 0 : -1;
+        H5Sclose(msp);
+    } else if (rc == 0) {
+        rc = H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0 ? 0 : -1;
+    }
+    if (d >= 0) H5Dclose(d);
+    H5Sclose(fsp);
+    return rc;
+}
+
+// The tensors of one group (/params, /opt/m, /opt/v); experts_only: only the
+// expert slices, into datasets rank 0 created.
 static int put_tensors(hid_t f, hid_t lcpl, const char *group, const ParamTable *pt,
-                       const float *block, char *err, size_t n, const char *path) {
+                       const float *block, int experts_only, char *err, size_t n,
+                       const char *path) {
     char name[PARAM_NAME + 16];
     for (int i = 0; i < pt->n; i++) {
         const ParamSpec *s = &pt->t[i];
-        hsize_t dims[PARAM_MAXDIM];
-        for (int k = 0; k < s->ndim; k++) dims[k] = (hsize_t)s->shape[k];
+        if (experts_only && !ptable_is_expert(s)) continue;
         snprintf(name, sizeof name, "%s/%s", group, s->name);
-        if (put_array(f, lcpl, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, s->ndim, dims,
-                      block + s->offset) != 0)
+        if (put_tensor(f, lcpl, name, s, block + s->offset, !experts_only) != 0)
             return fail(err, n, "checkpoint '%s': writing dataset %s failed", path, name);
     }
     return 0;
 }
 
-static int write_file(const char *tmp, const CkptOut *c, char *err, size_t n) {
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) return fail(err, n, "cannot create checkpoint '%s'%s", tmp, "");
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    H5Pset_create_intermediate_group(lcpl, 1);
-    int version = CKPT_VERSION, world = c->world_size;
-    int64_t step = c->step;
-    uint64_t ep = c->pos.epoch, tk = c->pos.taken, sk = c->skipped;
-    hsize_t one = 1;
-    int rc = put_str(f, lcpl, "format", CKPT_FORMAT, 1) | put_attr(f, "version", H5T_NATIVE_INT, &version) |
-             put_attr(f, "step", H5T_NATIVE_INT64, &step) |
-             put_attr(f, "world_size", H5T_NATIVE_INT, &world) |
-             put_str(f, lcpl, "/config", c->config, 0) |
-             put_array(f, lcpl, "/state/loader_epoch", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &one, &ep) |
-             put_array(f, lcpl, "/state/loader_taken", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &one, &tk) |
-             put_array(f, lcpl, "/state/skipped", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, NULL, &sk);
-    if (rc != 0) fail(err, n, "checkpoint '%s': writing attributes/config/state failed%s", tmp, "");
-    if (rc == 0) rc = put_tensors(f, lcpl, "/params", c->pt, c->params, err, n, tmp);
-    if (rc == 0 && c->m) rc = put_tensors(f, lcpl, "/opt/m", c->pt, c->m, err, n, tmp);
-    if (rc == 0 && c->v) rc = put_tensors(f, lcpl, "/opt/v", c->pt, c->v, err, n, tmp);
-    H5Pclose(lcpl);
+static int put_groups(hid_t f, hid_t lcpl, const CkptOut *c, int experts_only, char *err,
+                      size_t n, const char *tmp) {
+    int rc = put_tensors(f, lcpl, "/params", c->pt, c->params, experts_only, err, n, tmp);
+    if (rc == 0 && c->m) rc = put_tensors(f, lcpl, "/opt/m", c->pt, c->m, experts_only, err, n, tmp);
+    if (rc == 0 && c->v) rc = put_tensors(f, lcpl, "/opt/v", c->pt, c->v, experts_only, err, n, tmp);
+    return rc;
+}
+
+static int close_file(hid_t f, int rc, char *err, size_t n, const char *tmp) {
     if (rc == 0 && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0)
         rc = fail(err, n, "checkpoint '%s': flush failed%s", tmp, "");
     if (H5Fclose(f) < 0 && rc == 0) rc = fail(err, n, "checkpoint '%s': close failed%s", tmp, "");
     return rc;
+}
+
+int ckpt_write_new(const char *tmp, const CkptOut *c, char *err, size_t n) {
+    quiet_hdf5();
+    err[0] = '\0';
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) return fail(err, n, "cannot create checkpoint '%s'%s", tmp, "");
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    int version = CKPT_VERSION, world = c->world_size < 1 ? 1 : c->world_size;
+    int64_t step = c->step;
+    uint64_t sk = c->skipped, *ep = sm_malloc((size_t)world * 2 * sizeof(uint64_t)), *tk = ep + world;
+    for (int r = 0; r < world; r++) {
+        LoaderPos p = c->pos_all ? c->pos_all[r] : c->pos;
+        ep[r] = p.epoch, tk[r] = p.taken;
+    }
+    hsize_t nw = (hsize_t)world;
+    int rc = put_str(f, lcpl, "format", CKPT_FORMAT, 1) | put_attr(f, "version", H5T_NATIVE_INT, &version) |
+             put_attr(f, "step", H5T_NATIVE_INT64, &step) |
+             put_attr(f, "world_size", H5T_NATIVE_INT, &world) |
+             put_str(f, lcpl, "/config", c->config, 0) |
+             put_array(f, lcpl, "/state/loader_epoch", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &nw, ep) |
+             put_array(f, lcpl, "/state/loader_taken", H5T_STD_U64LE, H5T_NATIVE_UINT64, 1, &nw, tk) |
+             put_array(f, lcpl, "/state/skipped", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, NULL, &sk);
+    free(ep);
+    if (rc != 0) fail(err, n, "checkpoint '%s': writing attributes/config/state failed%s", tmp, "");
+    if (rc == 0) rc = put_groups(f, lcpl, c, 0, err, n, tmp);
+    H5Pclose(lcpl);
+    return close_file(f, rc, err, n, tmp);
+}
+
+int ckpt_write_experts(const char *tmp, const CkptOut *c, char *err, size_t n) {
+    quiet_hdf5();
+    err[0] = '\0';
+    hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) return fail(err, n, "cannot open checkpoint '%s' to add this rank's experts%s", tmp, "");
+    return close_file(f, put_groups(f, H5P_DEFAULT, c, 1, err, n, tmp), err, n, tmp);
 }
 
 static int fsync_path(const char *path) {
@@ -109,19 +163,21 @@ static int fsync_path(const char *path) {
     return rc;
 }
 
-int ckpt_save(const char *workdir, const CkptOut *c, char *err, size_t n) {
-    quiet_hdf5();
-    char final[4096], tmp[4200];
-    snprintf(final, sizeof final, "%s/ckpt-%08ld.h5", workdir, c->step);
-    snprintf(tmp, sizeof tmp, "%s.tmp", final);
-    if (write_file(tmp, c, err, n) != 0 || fsync_path(tmp) != 0) {
-        if (!err[0]) snprintf(err, n, "checkpoint '%s': fsync failed: %s", tmp, strerror(errno));
+void ckpt_paths(const char *workdir, long step, char *final, char *tmp, size_t n) {
+    snprintf(final, n, "%s/ckpt-%08ld.h5", workdir, step);
+    snprintf(tmp, n, "%s/ckpt-%08ld.h5.tmp", workdir, step);
+}
+
+int ckpt_commit(const char *workdir, const char *tmp, const char *final, long step, char *err,
+                size_t n) {
+    if (fsync_path(tmp) != 0) {
+        snprintf(err, n, "checkpoint '%s': fsync failed: %s", tmp, strerror(errno));
         unlink(tmp);
         return -1;
     }
     // Test hook: die between the complete write and the rename, as a crash would.
     const char *crash = getenv("SOFTMOE_CRASH_BEFORE_RENAME");
-    if (crash && atol(crash) == c->step) _exit(3);
+    if (crash && atol(crash) == step) _exit(3);
     if (rename(tmp, final) != 0) {
         snprintf(err, n, "checkpoint: renaming '%s' to '%s' failed: %s", tmp, final, strerror(errno));
         unlink(tmp);
@@ -129,6 +185,16 @@ int ckpt_save(const char *workdir, const CkptOut *c, char *err, size_t n) {
     }
     fsync_path(workdir);  // make the rename itself durable
     return 0;
+}
+
+int ckpt_save(const char *workdir, const CkptOut *c, char *err, size_t n) {
+    char final[4096], tmp[4096];
+    ckpt_paths(workdir, c->step, final, tmp, sizeof final);
+    if (ckpt_write_new(tmp, c, err, n) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return ckpt_commit(workdir, tmp, final, c->step, err, n);
 }
 
 // ---- reading ----
@@ -183,12 +249,16 @@ static int read_tensor(hid_t f, const char *path, const char *name, const ParamS
     int nd = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
     hsize_t dims[8] = {0};
     if (nd >= 0 && nd <= 8) H5Sget_simple_extent_dims(sp, dims, NULL);
+    int gshape[PARAM_MAXDIM];
+    ptable_global_shape(s, gshape);
     int same = nd == s->ndim;
-    for (int k = 0; same && k < nd; k++) same = dims[k] == (hsize_t)s->shape[k];
+    for (int k = 0; same && k < nd; k++) same = dims[k] == (hsize_t)gshape[k];
     int rc = 0;
     if (!same) {
-        char want[64], got[96] = "(";
-        ptable_shape_str(s, want, sizeof want);
+        char want[96] = "(", got[96] = "(";
+        for (int k = 0; k < s->ndim; k++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), k ? ",%d" : "%d", gshape[k]);
+        strcat(want, ")");
         for (int k = 0; k < nd && k < 8; k++)
             snprintf(got + strlen(got), sizeof got - strlen(got), k ? ",%llu" : "%llu",
                      (unsigned long long)dims[k]);
@@ -196,11 +266,42 @@ static int read_tensor(hid_t f, const char *path, const char *name, const ParamS
         snprintf(err, n, "checkpoint '%s': dataset %s has shape %s but the config gives %s", path,
                  name, got, want);
         rc = -1;
-    } else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0) {
-        rc = fail(err, n, "checkpoint '%s': reading dataset %s failed (truncated file?)", path, name);
+    } else {
+        hid_t msp = H5S_ALL, fsp = H5S_ALL;
+        if (ptable_is_expert(s)) {  // this rank's experts only
+            hsize_t start[PARAM_MAXDIM] = {0}, cnt[PARAM_MAXDIM];
+            for (int k = 0; k < s->ndim; k++) cnt[k] = (hsize_t)s->shape[k];
+            start[0] = (hsize_t)s->stack_first;
+            msp = H5Screate_simple(s->ndim, cnt, NULL);
+            fsp = sp;
+            H5Sselect_hyperslab(fsp, H5S_SELECT_SET, start, NULL, cnt, NULL);
+        }
+        if (H5Dread(d, H5T_NATIVE_FLOAT, msp, fsp, H5P_DEFAULT, dst) < 0)
+            rc = fail(err, n, "checkpoint '%s': reading dataset %s failed (truncated file?)", path,
+                      name);
+        if (msp != H5S_ALL) H5Sclose(msp);
     }
     if (sp >= 0) H5Sclose(sp);
     if (d >= 0) H5Dclose(d);
+    return rc;
+}
+
+// A 1-D u64 dataset of any length: *v malloc'd, *len its length.
+static int read_u64_array(hid_t f, const char *name, uint64_t **v, int *len) {
+    *v = NULL;
+    if (!exists(f, name)) return -1;
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5Dget_space(d);
+    hsize_t dims[1] = {0};
+    int rc = H5Sget_simple_extent_ndims(sp) == 1 ? 0 : -1;
+    if (rc == 0) {
+        H5Sget_simple_extent_dims(sp, dims, NULL);
+        *len = (int)dims[0];
+        *v = sm_malloc((dims[0] ? dims[0] : 1) * sizeof(uint64_t));
+        rc = dims[0] > 0 && H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *v) >= 0
+                 ? 0 : -1;
+    }
+    H5Sclose(sp), H5Dclose(d);
+    if (rc != 0) free(*v), *v = NULL;
     return rc;
 }
 
@@ -257,11 +358,19 @@ int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, f
     int rc = 0;
     info->config = get_string(f, "/config", 0);
     if (!info->config) rc = fail(err, n, "checkpoint '%s' has no dataset /config%s", path, "");
-    if (rc == 0 && (read_u64(f, "/state/loader_epoch", &info->pos.epoch) != 0 ||
-                    read_u64(f, "/state/loader_taken", &info->pos.taken) != 0 ||
+    uint64_t *ep = NULL, *tk = NULL;
+    int nep = 0, ntk = 0;
+    if (rc == 0 && (read_u64_array(f, "/state/loader_epoch", &ep, &nep) != 0 ||
+                    read_u64_array(f, "/state/loader_taken", &tk, &ntk) != 0 || nep != ntk ||
                     read_u64(f, "/state/skipped", &info->skipped) != 0))
-        rc = fail(err, n, "checkpoint '%s' lacks /state/loader_epoch, loader_taken or skipped%s",
-                  path, "");
+        rc = fail(err, n, "checkpoint '%s' lacks /state/loader_epoch, loader_taken or skipped "
+                  "(one entry per rank)%s", path, "");
+    if (rc == 0) {
+        info->pos_all = sm_malloc((size_t)nep * sizeof(LoaderPos));
+        for (int r = 0; r < nep; r++) info->pos_all[r] = (LoaderPos){ep[r], tk[r]};
+        info->pos = info->pos_all[0];
+    }
+    free(ep), free(tk);
     char name[PARAM_NAME + 16];
     const char *groups[3] = {"/params", "/opt/m", "/opt/v"};
     float *blocks[3] = {params, m, v};
@@ -310,7 +419,9 @@ int ckpt_read_any(const char *path, const char *name, float **data, int *ndim, l
 
 void ckpt_info_free(CkptInfo *info) {
     free(info->config);
+    free(info->pos_all);
     info->config = NULL;
+    info->pos_all = NULL;
 }
 
 // ---- listing, pruning, inspecting ----

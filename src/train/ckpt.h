@@ -21,6 +21,7 @@ typedef struct {
     const ParamTable *pt;
     const float *params, *m, *v;   // blocks laid out by pt; m/v may be NULL (params only)
     LoaderPos pos;                 // loader position of rank 0 (epoch, taken)
+    const LoaderPos *pos_all;      // or, when set, world_size positions, one per rank
     uint64_t skipped;
 } CkptOut;
 
@@ -28,17 +29,32 @@ typedef struct {
 // file. Nothing that existed before is touched on failure.
 int ckpt_save(const char *workdir, const CkptOut *c, char *err, size_t errlen);
 
+// The same in steps, for W ranks that each hold some experts (stacked expert
+// tensors are written as hyperslabs of their whole (E, ...) datasets, so no
+// rank ever holds every expert): rank 0 creates the temporary file with
+// everything it holds (ckpt_write_new), then each other rank in turn adds its
+// expert slices (ckpt_write_experts), then rank 0 makes it durable and
+// renames it (ckpt_commit). ckpt_paths gives the two names.
+void ckpt_paths(const char *workdir, long step, char *final, char *tmp, size_t n);
+int ckpt_write_new(const char *tmp, const CkptOut *c, char *err, size_t errlen);
+int ckpt_write_experts(const char *tmp, const CkptOut *c, char *err, size_t errlen);
+int ckpt_commit(const char *workdir, const char *tmp, const char *final, long step, char *err,
+                size_t errlen);
+
 typedef struct {
     long step;
     int world_size, version;
     char *config;                  // malloc'd INI text
-    LoaderPos pos;
+    LoaderPos pos;                 // rank 0's loader position
+    LoaderPos *pos_all;            // malloc'd, world_size entries (one per rank)
     uint64_t skipped;
 } CkptInfo;
 
 // Reads a checkpoint into the blocks laid out by pt (m, v may be NULL to
 // skip the optimiser state). Every tensor of pt must be present with the
-// same shape. Returns 0, or -1 with err naming the file and the dataset.
+// same shape; of a stacked expert tensor only this rank's experts are read
+// (whatever number of ranks wrote it). Returns 0, or -1 with err naming the
+// file and the dataset.
 int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, float *v,
               CkptInfo *info, char *err, size_t errlen);
 void ckpt_info_free(CkptInfo *info);

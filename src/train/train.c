@@ -10,6 +10,7 @@
 #include "../core/common.h"
 #include "../data/loader.h"
 #include "../data/synthetic.h"
+#include "../dist/dist.h"
 #include "../model/layers.h"
 #include "../model/vit.h"
 #include "../optim/optim.h"
@@ -19,31 +20,112 @@
 // The held-out split of the synthetic task lives far from the train indices.
 #define SYN_VAL_OFFSET (1ULL << 40)
 
+// A run of consecutive tensors of one kind in the parameter block.
+typedef struct {
+    size_t off, len;
+    int expert;                  // stacked expert tensors (split over ranks)
+} Seg;
+
 typedef struct {
     Vit m;
     float *opt_m, *opt_v, *wd;
     float *images, *targets;
-    int B;
+    int B;                       // images per step on this rank (global batch / W)
+    int rank, world;
+    Seg *seg;                    // dense and expert runs of the block
+    int nseg;
     Loader *ld;                  // NULL for data.source = synthetic
-    uint64_t skipped_base;       // samples skipped before a resume
+    uint64_t skipped_base;       // samples skipped before a resume (rank 0)
 } Trainer;
 
 // SIGTERM/SIGINT (preemption): finish the step, checkpoint, exit 0.
 static volatile sig_atomic_t g_stop;
 static void on_signal(int sig) { g_stop = sig; }
 
+// Samples skipped so far by all ranks (collective).
 static uint64_t skipped(const Trainer *t) {
-    return t->skipped_base + (t->ld ? loader_skipped(t->ld) : 0);
+    double k = (double)(t->skipped_base + (t->ld ? loader_skipped(t->ld) : 0));
+    dist_sum(&k, 1);
+    return (uint64_t)k;
 }
 
+// Splits the parameter block into runs of dense and of expert tensors (the
+// 16-float padding between tensors is zero in every block and rides along).
+static void make_segments(Trainer *t) {
+    const ParamTable *pt = &t->m.pt;
+    t->seg = sm_malloc((size_t)(pt->n + 1) * sizeof(Seg));
+    t->nseg = 0;
+    for (int i = 0; i < pt->n; i++) {
+        const ParamSpec *s = &pt->t[i];
+        int ex = ptable_is_expert(s);
+        Seg *last = t->nseg ? &t->seg[t->nseg - 1] : NULL;
+        if (last && last->expert == ex) last->len = s->offset + s->numel - last->off;
+        else t->seg[t->nseg++] = (Seg){s->offset, s->numel, ex};
+    }
+}
+
+// Sums of squares of a block's dense and expert parts over the whole model:
+// dense tensors are the same on every rank, each expert is counted once (by
+// the ranks of one expert group). Collective.
+static double global_sumsq(const Trainer *t, const float *block) {
+    double sq[2] = {0, 0};
+    for (int i = 0; i < t->nseg; i++)
+        sq[t->seg[i].expert] += l2_sumsq(block + t->seg[i].off, t->seg[i].len);
+    dist_sum_ep(&sq[1], 1);
+    return sq[0] + sq[1];
+}
+
+// Data parallelism: each rank's gradient is the mean over its B images.
+// Dense gradients are summed over all ranks, expert gradients over the
+// replicas of each expert (the owner already holds the sum over its group's
+// images). Every gradient is then W times the global-batch mean; returns the
+// norm of that mean, and the caller folds 1/W into Adam's gradient scale.
+static double sync_grads(Trainer *t) {
+    float *g = t->m.grads;
+    for (int i = 0; i < t->nseg && t->world > 1; i++) {
+        if (t->seg[i].expert) dist_allreduce_replicas(g + t->seg[i].off, t->seg[i].len);
+        else dist_allreduce(g + t->seg[i].off, t->seg[i].len);
+    }
+    return sqrt(global_sumsq(t, g)) / t->world;
+}
+
+// Writes the checkpoint of `step` together with all ranks: rank 0 creates the
+// file, then each rank of the first expert group in turn adds its expert
+// slices, then rank 0 renames it into place. A failure on any rank aborts the
+// job before the rename, so the previous checkpoint stays the newest.
 static void save(Trainer *t, const Config *c, long step) {
-    char cfg[1 << 16], err[1024];
+    char cfg[1 << 16], err[1024], final[CFG_PATH + 64], tmp[CFG_PATH + 64];
     config_to_ini(c, cfg, sizeof cfg);
-    CkptOut o = {.step = step, .world_size = 1, .config = cfg, .pt = &t->m.pt,
-                 .params = t->m.params, .m = t->opt_m, .v = t->opt_v,
-                 .pos = t->ld ? loader_pos(t->ld) : (LoaderPos){0, 0}, .skipped = skipped(t)};
-    if (ckpt_save(c->workdir, &o, err, sizeof err) != 0) sm_die("%s", err);
-    ckpt_prune(c->workdir, c->keep_ckpts, c->keep_every);
+    LoaderPos mine = t->ld ? loader_pos(t->ld) : (LoaderPos){0, 0};
+    uint64_t *pos = t->rank == 0 ? sm_malloc((size_t)t->world * 2 * sizeof(uint64_t)) : NULL;
+    dist_gather_u64(mine.epoch, pos);
+    dist_gather_u64(mine.taken, pos ? pos + t->world : NULL);
+    LoaderPos *all = NULL;
+    if (t->rank == 0) {
+        all = sm_malloc((size_t)t->world * sizeof(LoaderPos));
+        for (int r = 0; r < t->world; r++) all[r] = (LoaderPos){pos[r], pos[t->world + r]};
+    }
+    CkptOut o = {.step = step, .world_size = t->world, .config = cfg, .pt = &t->m.pt,
+                 .params = t->m.params, .m = t->opt_m, .v = t->opt_v, .pos = mine,
+                 .pos_all = all, .skipped = skipped(t)};
+    ckpt_paths(c->workdir, step, final, tmp, sizeof final);
+    int writes_experts = t->rank < dist_ep() && t->m.d.n_moe > 0;
+    if (t->rank == 0) {
+        if (ckpt_write_new(tmp, &o, err, sizeof err) != 0) unlink(tmp), sm_die("%s", err);
+    } else {
+        dist_recv_int(t->rank - 1);
+        if (writes_experts && ckpt_write_experts(tmp, &o, err, sizeof err) != 0) sm_die("%s", err);
+    }
+    if (t->world > 1) {
+        dist_send_int((t->rank + 1) % t->world, 0);
+        if (t->rank == 0) dist_recv_int(t->world - 1);
+    }
+    if (t->rank == 0) {
+        if (ckpt_commit(c->workdir, tmp, final, step, err, sizeof err) != 0) sm_die("%s", err);
+        ckpt_prune(c->workdir, c->keep_ckpts, c->keep_every);
+    }
+    dist_barrier();
+    free(pos), free(all);
 }
 
 // One tensor of train.init whose shape differs: a classifier head for other
@@ -89,9 +171,13 @@ static void init_params(Trainer *t, const char *path, int quiet) {
         long dims[8];
         if (ckpt_read_any(path, name, &src, &nd, dims, err, sizeof err) != 0)
             sm_die("%s (train.init)", err);
+        int gshape[PARAM_MAXDIM];
+        ptable_global_shape(s, gshape);
         int same = nd == s->ndim;
-        for (int k = 0; same && k < nd; k++) same = dims[k] == s->shape[k];
-        if (same) memcpy(t->m.params + s->offset, src, s->numel * sizeof(float));
+        for (int k = 0; same && k < nd; k++) same = dims[k] == gshape[k];
+        // a stacked expert tensor: this rank's experts from the whole stack
+        size_t first = ptable_is_expert(s) ? (size_t)s->stack_first * (s->numel / s->n_stack) : 0;
+        if (same) memcpy(t->m.params + s->offset, src + first, s->numel * sizeof(float));
         else adapt_tensor(t, s, src, nd, dims, path, quiet);
         free(src);
     }
@@ -111,8 +197,21 @@ static long restore(Trainer *t, const Config *c, int quiet) {
         if (ckpt_load(paths[i], &t->m.pt, t->m.params, t->opt_m, t->opt_v, &info, err,
                       sizeof err) == 0) {
             if (!quiet) fprintf(stderr, "softmoe: resuming from %s (step %ld)\n", paths[i], info.step);
-            if (t->ld) loader_seek(t->ld, info.pos);
-            t->skipped_base = info.skipped;
+            if (t->ld && info.world_size == t->world) {
+                loader_seek(t->ld, info.pos_all[t->rank]);
+            } else if (t->ld) {
+                // Another rank count splits the shards differently: no exact
+                // position exists, so every rank starts the next epoch.
+                uint64_t ep = 0;
+                for (int r = 0; r < info.world_size; r++)
+                    ep = info.pos_all[r].epoch > ep ? info.pos_all[r].epoch : ep;
+                if (!quiet)
+                    fprintf(stderr, "softmoe: warning: %s was written by %d ranks, this run has "
+                            "%d: the data restarts at the next epoch boundary (epoch %llu)\n",
+                            paths[i], info.world_size, t->world, (unsigned long long)ep + 1);
+                loader_seek(t->ld, (LoaderPos){ep + 1, 0});
+            }
+            t->skipped_base = t->rank == 0 ? info.skipped : 0;
             long step = info.step;
             ckpt_info_free(&info);
             ckpt_list_free(paths, steps, n);
@@ -132,8 +231,9 @@ static long restore(Trainer *t, const Config *c, int quiet) {
 static void next_batch(Trainer *t, const Config *c, long step) {
     const VitDims *d = &t->m.d;
     if (!t->ld) {
+        // rank r takes images [r*B, (r+1)*B) of the global batch
         synthetic_batch(t->images, t->targets, NULL, t->B, d->S, d->C, d->K, c->seed,
-                        (uint64_t)step * (uint64_t)t->B);
+                        (uint64_t)step * (uint64_t)c->batch_size + (uint64_t)t->rank * t->B);
         return;
     }
     int got = loader_next(t->ld, t->images, t->targets, NULL);
@@ -142,7 +242,13 @@ static void next_batch(Trainer *t, const Config *c, long step) {
 
 static void trainer_setup(Trainer *t, const Config *c) {
     memset(t, 0, sizeof *t);
-    t->B = c->batch_size;
+    t->rank = dist_rank(), t->world = dist_world();
+    if (c->batch_size % t->world != 0)
+        sm_die("train.batch_size = %d is the global batch and must be divisible by the number "
+               "of ranks (%d)", c->batch_size, t->world);
+    t->B = c->batch_size / t->world;
+    char err[512];
+    if (dist_set_ep(c->expert_parallel, c->experts, err, sizeof err) != 0) sm_die("%s", err);
     vit_build(&t->m, c);
     vit_alloc(&t->m, t->B);
     vit_init(&t->m, c->seed);
@@ -151,8 +257,8 @@ static void trainer_setup(Trainer *t, const Config *c) {
     t->opt_v = sm_aligned(n * sizeof(float));
     memset(t->opt_m, 0, n * sizeof(float));
     memset(t->opt_v, 0, n * sizeof(float));
+    make_segments(t);
     WdRule rules[WD_MAX_RULES];
-    char err[512];
     int nr = wd_parse(c->wd, rules, WD_MAX_RULES, err, sizeof err);
     if (nr < 0) sm_die("%s", err);
     t->wd = sm_malloc((size_t)t->m.pt.n * sizeof(float));
@@ -164,7 +270,7 @@ static void trainer_setup(Trainer *t, const Config *c) {
 
 static void trainer_free(Trainer *t) {
     vit_free(&t->m);
-    free(t->opt_m); free(t->opt_v); free(t->wd);
+    free(t->opt_m); free(t->opt_v); free(t->wd); free(t->seg);
     free(t->images); free(t->targets);
     loader_close(t->ld);
 }
@@ -207,15 +313,30 @@ static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet
     } else {
         evaluate(t, c, 1024, prec1, loss);
     }
-    fprintf(mf, "{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", step, *prec1,
-            *loss);
-    fflush(mf);
+    if (mf) {
+        fprintf(mf, "{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", step, *prec1,
+                *loss);
+        fflush(mf);
+    }
     if (!quiet)
         fprintf(stderr, "softmoe: step %ld: val prec@1 %.4f, val loss %.4f\n", step, *prec1, *loss);
 }
 
-void train_run(const Config *c, int quiet, TrainResult *res) {
+// Under MPI: what this rank holds, and (rank 0) the bytes a step moves.
+static void report_layout(const Trainer *t, const Config *c) {
+    const ParamTable *pt = &t->m.pt;
+    size_t held = 0, whole = 0;
+    for (int i = 0; i < pt->n; i++) held += pt->t[i].numel, whole += ptable_global_numel(&pt->t[i]);
+    const VitDims *d = &t->m.d;
+    fprintf(stderr, "softmoe: rank %d of %d: batch %d, experts %d of %d per Soft MoE block "
+            "(group rank %d of %d), %zu of %zu parameters held\n", t->rank, t->world, t->B,
+            d->El, d->E, dist_ep_rank(), dist_ep(), held, whole);
+}
+
+void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     memset(res, 0, sizeof *res);
+    // Rank 0 speaks for the job; every rank still reports its own errors.
+    const int quiet = quiet_arg || dist_rank() != 0;
     // From here on a SIGTERM/SIGINT means: checkpoint after the next step, exit 0.
     g_stop = 0;
     struct sigaction sa = {.sa_handler = on_signal};
@@ -228,32 +349,42 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
     trainer_setup(&t, c);
     if (strcmp(c->source, "synthetic")) {
         LoaderSpec sp = loader_spec_config(c, 1);
-        sp.quiet = quiet;
+        sp.quiet = quiet_arg;
+        sp.B = t.B, sp.rank = t.rank, sp.world = t.world;
         char err[1024];
         t.ld = loader_open(&sp, err, sizeof err);
         if (!t.ld) sm_die("%s (data.train)", err);
     }
+    if (t.world > 1 && !quiet_arg) report_layout(&t, c);
     long start = restore(&t, c, quiet);
     sm_mkdirs(c->workdir);
     char path[CFG_PATH + 64];
     snprintf(path, sizeof path, "%s/config.ini", c->workdir);
-    if (config_write(c, path) != 0) sm_die("cannot write the resolved config to '%s'", path);
+    if (t.rank == 0 && config_write(c, path) != 0)
+        sm_die("cannot write the resolved config to '%s'", path);
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->workdir);
-    FILE *mf = sm_fopen(path, start ? "a" : "w");
+    FILE *mf = t.rank == 0 ? sm_fopen(path, start ? "a" : "w") : NULL;
 
-    const size_t n = t.m.pt.total;
     const int tty = isatty(2) && !quiet;
-    double t0 = sm_now(), tlog = t0, wait = 0, wait_log = 0, win_loss = 0;
+    double t0 = sm_now(), tlog = t0, t_steps = 0, wait = 0, wait_log = 0, win_loss = 0;
     int win = 0;
     if (!quiet)
-        fprintf(stderr, "softmoe: training %s for %ld steps, batch %d, %.2fM params, %s\n",
-                c->workdir, c->steps, t.B, (double)n / 1e6, c->source);
+        fprintf(stderr, "softmoe: training %s for %ld steps, batch %d (%d per rank), %.2fM params, "
+                "%s\n", c->workdir, c->steps, c->batch_size, t.B,
+                (double)ptable_global_total(&t.m.pt) / 1e6, c->source);
     res->steps_done = start;
-    // Test hook: behave as if SIGTERM arrived during this step.
+    // Communication of the training steps alone (evaluations run collectives too).
+    DistStats *ds = dist_stats(), st = {0}, st_log = {0};
+    // Test hooks: behave as if SIGTERM arrived during this step; or (rank
+    // SOFTMOE_FAIL_RANK) fail fatally at step SOFTMOE_FAIL_AT_STEP.
     const char *stop_env = getenv("SOFTMOE_STOP_AT_STEP");
     long stop_at = stop_env ? atol(stop_env) : 0;
+    const char *fail_env = getenv("SOFTMOE_FAIL_AT_STEP"), *fail_rank = getenv("SOFTMOE_FAIL_RANK");
+    long fail_at = fail_env && (!fail_rank || atoi(fail_rank) == t.rank) ? atol(fail_env) : 0;
     for (long step = start; step < c->steps; step++) {
         if (step + 1 == stop_at) g_stop = SIGTERM;
+        if (step + 1 == fail_at) sm_die("test hook SOFTMOE_FAIL_AT_STEP=%ld", fail_at);
+        DistStats before = *ds;
         double td = sm_now();
         next_batch(&t, c, step);
         wait += sm_now() - td;
@@ -263,41 +394,59 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
             sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the data)",
                    loss, step + 1);
         vit_backward(&t.m, t.images, t.targets, t.B);
-        double gnorm = l2_norm(t.m.grads, n);
+        double gnorm = sync_grads(&t);
         if (!isfinite(gnorm))
             sm_die("gradient norm is %g at step %ld: training diverged", gnorm, step + 1);
         double lr = sched_lr(c, step);
         adam_update(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1, c->b2,
-                    c->eps, step + 1, clip_factor(gnorm, c->clip));
+                    c->eps, step + 1, clip_factor(gnorm, c->clip) / (float)t.world);
+        st.t_a2a += ds->t_a2a - before.t_a2a, st.t_ar += ds->t_ar - before.t_ar;
+        st.a2a_bytes += ds->a2a_bytes - before.a2a_bytes, st.ar_bytes += ds->ar_bytes - before.ar_bytes;
+        st.n_a2a += ds->n_a2a - before.n_a2a, st.n_ar += ds->n_ar - before.n_ar;
+        t_steps += sm_now() - td;
         win_loss += loss, win++;
-        if (step == start) res->first_loss = loss;
+        if (step == start) {
+            double l = loss / t.world;
+            dist_sum(&l, 1);
+            res->first_loss = l;
+        }
         int last = step + 1 == c->steps;
         if ((step + 1) % c->log_every == 0 || last) {
             double now = sm_now(), dt = now - tlog;
-            double ips = win * t.B / dt, wfrac = (wait - wait_log) / dt;
-            double mean = win_loss / win;
+            double ips = win * (double)c->batch_size / dt, wfrac = (wait - wait_log) / dt;
+            double mean = win_loss / win / t.world;
+            dist_sum(&mean, 1);
             double eta = (now - t0) / (step + 1 - start) * (c->steps - step - 1);
-            double pnorm = l2_norm(t.m.params, n);
-            fprintf(mf,
-                    "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"img_per_s\": %.4g, "
-                    "\"l2_grads\": %.6g, \"l2_params\": %.6g, \"data_wait\": %.4g, "
-                    "\"skipped\": %llu}\n",
-                    step + 1, mean, lr, ips, gnorm, pnorm, wfrac,
-                    (unsigned long long)skipped(&t));
-            fflush(mf);
+            double pnorm = sqrt(global_sumsq(&t, t.m.params));
+            uint64_t nskip = skipped(&t);
+            if (mf) {
+                fprintf(mf,
+                        "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"img_per_s\": %.4g, "
+                        "\"l2_grads\": %.6g, \"l2_params\": %.6g, \"data_wait\": %.4g, "
+                        "\"skipped\": %llu",
+                        step + 1, mean, lr, ips, gnorm, pnorm, wfrac, (unsigned long long)nskip);
+                if (t.world > 1)
+                    fprintf(mf, ", \"alltoall_s\": %.4g, \"allreduce_s\": %.4g",
+                            (st.t_a2a - st_log.t_a2a) / win, (st.t_ar - st_log.t_ar) / win);
+                fprintf(mf, "}\n");
+                fflush(mf);
+            }
             if (!quiet) progress(step + 1, c->steps, mean, lr, ips, wfrac, eta, tty);
             res->last_loss = mean;
             res->img_per_s = ips;
-            tlog = now, wait_log = wait, win_loss = 0, win = 0;
+            tlog = now, wait_log = wait, win_loss = 0, win = 0, st_log = st;
         }
         res->steps_done = step + 1;
+        // A signal may reach the ranks at different steps: they agree first.
+        if (t.world > 1) g_stop = dist_any(g_stop);
         if ((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last) save(&t, c, step + 1);
         if (g_stop) {
             if (!((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last))
                 save(&t, c, step + 1);
-            fprintf(stderr, "%ssoftmoe: signal %d: checkpoint at step %ld written to %s; re-run "
-                    "the same command to resume\n", tty ? "\n" : "", (int)g_stop, step + 1,
-                    c->workdir);
+            if (!quiet)
+                fprintf(stderr, "%ssoftmoe: signal %d: checkpoint at step %ld written to %s; "
+                        "re-run the same command to resume\n", tty ? "\n" : "", (int)g_stop,
+                        step + 1, c->workdir);
             res->preempted = 1;
             break;
         }
@@ -316,8 +465,17 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
         log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
         eval_fewshot(&t.m, c, res->steps_done, mf, quiet);
     }
-    if (ferror(mf)) sm_die("writing metrics to '%s' failed", path);
-    sm_fclose(mf, path);
+    if (mf) {
+        if (ferror(mf)) sm_die("writing metrics to '%s' failed", path);
+        sm_fclose(mf, path);
+    }
+    long ran = res->steps_done - start;
+    if (!quiet && t.world > 1 && ran > 0)
+        fprintf(stderr, "softmoe: rank 0 per training step: %.2f ms in %.0f all-to-alls (%.3f MB "
+                "sent to other ranks), %.2f ms in %.0f allreduces (%.3f MB payload), step %.2f ms\n",
+                1e3 * st.t_a2a / ran, (double)st.n_a2a / ran, st.a2a_bytes / 1e6 / ran,
+                1e3 * st.t_ar / ran, (double)st.n_ar / ran, st.ar_bytes / 1e6 / ran,
+                1e3 * t_steps / ran);
     if (!quiet && !res->preempted)
         fprintf(stderr, "softmoe: done, %ld steps in %.1fs; val prec@1 %.4f, val loss %.4f\n",
                 res->steps_done, sm_now() - t0, res->val_prec1, res->val_loss);
