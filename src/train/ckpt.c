@@ -362,6 +362,7 @@ int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, f
     int nep = 0, ntk = 0;
     if (rc == 0 && (read_u64_array(f, "/state/loader_epoch", &ep, &nep) != 0 ||
                     read_u64_array(f, "/state/loader_taken", &tk, &ntk) != 0 || nep != ntk ||
+                    nep != info->world_size ||
                     read_u64(f, "/state/skipped", &info->skipped) != 0))
         rc = fail(err, n, "checkpoint '%s' lacks /state/loader_epoch, loader_taken or skipped "
                   "(one entry per rank)%s", path, "");

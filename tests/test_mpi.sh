@@ -1,0 +1,156 @@
+#!/bin/sh
+# Distributed training under mpirun (2 cores are enough: --oversubscribe, one
+# thread per rank). A small Soft MoE model (4 experts x 2 slots) on synthetic
+# data, global batch 8, 20 steps:
+#   - 1 rank against 2 ranks, 4 ranks and 4 ranks with dist.expert_parallel=2
+#     (experts replicated over 2 groups): the same losses and parameters;
+#   - every rank allocates only its share of the experts;
+#   - a checkpoint written by 4 ranks resumes on 2 and on 1 rank and ends
+#     where the uninterrupted 1-rank run ends;
+#   - a fatal error on one rank ends the whole job, non-zero, within seconds;
+#   - bad dist settings stop before any work, naming the key;
+#   - with shards, a checkpoint from 2 ranks resumes on 1 at the next epoch.
+#
+# Tolerances. The ranks compute the same sums in another order (per-rank
+# batch means averaged by an allreduce, expert GEMMs over all ranks' rows),
+# so values agree to float rounding: every parameter and Adam moment within
+# 1e-5 absolute (measured: 1.2e-7 at most, a few ulps of values near 1).
+# The one exception is SelfAttention/key/bias: its gradient is exactly zero
+# in exact arithmetic (softmax over keys ignores a per-query constant), so
+# what it receives is rounding noise, and Adam normalises that noise into
+# steps of size ~lr. It is compared against the bound 20 steps x lr = 2e-2
+# (measured: 2.3e-5).
+# Usage: sh tests/test_mpi.sh build/softmoe
+set -u
+BIN=${1:-build/softmoe}
+pass=0; fail=0
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" | grep -q libmpi; then
+    # Only a NO_MPI=1 build gets here; `make` on a machine with MPI links it.
+    echo "mpi: skipped ($BIN built without MPI, or no mpirun)"
+    echo "mpi: 0 passed, 0 failed"
+    exit 0
+fi
+
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+# vader (shared memory) + self; ranks yield the core when idle (oversubscribed)
+MPI="mpirun --oversubscribe --mca btl self,vader --mca mpi_yield_when_idle 1"
+
+cat >"$T/c.ini" <<'INI'
+[model]
+width = 16
+depth = 2
+heads = 2
+mlp_dim = 32
+image_size = 8
+patch = 4
+channels = 1
+classes = 4
+[moe]
+experts = 4
+slots = 2
+[schedule]
+warmup_steps = 2
+[train]
+batch_size = 8
+steps = 20
+ckpt_every = 10
+log_every = 1
+INI
+CK=ckpt-00000020.h5
+# (paths relative to the compared group)
+KB="--exclude-path /Encoder/encoderblock_0/SelfAttention/key/bias --exclude-path /Encoder/encoderblock_1/SelfAttention/key/bias"
+
+# the loss of step 20 in a workdir's metrics
+loss20() { grep '"step": 20, "loss"' "$1/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*/\1/'; }
+# same params (key biases and Adam moments apart) and moments as the 1-rank run
+same_as_one() {
+    # shellcheck disable=SC2086
+    h5diff -d 1e-5 $KB "$T/w1/$CK" "$1/$CK" /params /params >"$T/diff" 2>&1 \
+        && h5diff -d 1e-5 $KB "$T/w1/$CK" "$1/$CK" /opt/m /opt/m >>"$T/diff" 2>&1 \
+        && h5diff -d 2e-2 "$T/w1/$CK" "$1/$CK" /params/Encoder/encoderblock_0/SelfAttention/key/bias >>"$T/diff" 2>&1 \
+        && h5diff -d 2e-2 "$T/w1/$CK" "$1/$CK" /params/Encoder/encoderblock_1/SelfAttention/key/bias >>"$T/diff" 2>&1 \
+        && ok || { bad "$2: parameters differ from the 1-rank run"; head -30 "$T/diff"; }
+    a=$(loss20 "$T/w1"); b=$(loss20 "$1")
+    awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; exit !(a != "" && d < 1e-5 && d > -1e-5) }' \
+        && ok || bad "$2: step-20 loss $b, 1 rank $a"
+}
+
+"$BIN" train "$T/c.ini" train.workdir="$T/w1" 2>"$T/err" || { bad "1-rank run"; cat "$T/err"; }
+total=$("$BIN" params "$T/c.ini" | sed -n 's/^params: //p')
+per_expert=$((16 * 32 + 32 + 32 * 16 + 16))   # Dense_0 kernel+bias, Dense_1 kernel+bias
+
+for run in "2 0" "4 0" "4 2"; do
+    set -- $run
+    W=$1; EPAR=$2; name="$W ranks, expert_parallel $EPAR"
+    dir="$T/w$W-$EPAR"
+    # shellcheck disable=SC2086
+    $MPI -np "$W" "$BIN" train "$T/c.ini" train.workdir="$dir" dist.expert_parallel="$EPAR" \
+        >"$T/out" 2>"$T/err" || { bad "$name: run failed"; cat "$T/err"; continue; }
+    same_as_one "$dir" "$name"
+    # each rank holds the dense parameters and E/ep experts of the block
+    ep=$([ "$EPAR" = 0 ] && echo "$W" || echo "$EPAR")
+    want=$((total - 4 * per_expert + 4 / ep * per_expert))
+    n=$(grep -c "experts $((4 / ep)) of 4 per Soft MoE block.* $want of $total parameters held" "$T/err")
+    [ "$n" = "$W" ] && ok || { bad "$name: $n of $W ranks report $want of $total parameters"; grep held "$T/err"; }
+done
+
+# the 4-rank checkpoint: whole (E, ...) expert datasets, world_size 4
+h5ls "$T/w4-0/$CK/params/Encoder/encoderblock_1/Moe/Mlp/Dense_0/kernel" | grep -q '{4, 16, 32}' \
+    && ok || bad "expert kernel stored whole as (4,16,32)"
+h5dump -a world_size "$T/w4-0/$CK" | grep -q '(0): 4' && ok || bad "world_size attribute 4"
+
+# resume the 4-rank step-10 checkpoint on 2 ranks and on 1 rank
+for W in 2 1; do
+    mkdir -p "$T/r$W" && cp "$T/w4-0/ckpt-00000010.h5" "$T/r$W/"
+    if [ "$W" = 1 ]; then
+        "$BIN" train "$T/c.ini" train.workdir="$T/r$W" >"$T/out" 2>"$T/err"
+    else
+        $MPI -np "$W" "$BIN" train "$T/c.ini" train.workdir="$T/r$W" >"$T/out" 2>"$T/err"
+    fi || { bad "resume on $W ranks"; cat "$T/err"; continue; }
+    grep -q "resuming from .*ckpt-00000010.h5" "$T/err" && ok || bad "resume on $W ranks: no resume"
+    same_as_one "$T/r$W" "4-rank checkpoint resumed on $W"
+done
+
+# a fatal error on rank 1 of 4 at step 3 ends the job, non-zero, promptly
+t0=$(date +%s)
+SOFTMOE_FAIL_RANK=1 SOFTMOE_FAIL_AT_STEP=3 timeout 60 $MPI -np 4 "$BIN" train "$T/c.ini" \
+    train.workdir="$T/f" >"$T/out" 2>"$T/err"
+rc=$?
+t1=$(date +%s)
+[ "$rc" != 0 ] && [ "$rc" != 124 ] && ok || bad "failing rank: exit $rc (124 = hung)"
+[ $((t1 - t0)) -lt 30 ] && ok || bad "failing rank: the job took $((t1 - t0)) s to end"
+grep -q "error: rank 1 of 4: test hook" "$T/err" && ok || { bad "the error names the rank"; cat "$T/err"; }
+
+# bad distributed settings stop before any work
+$MPI -np 4 "$BIN" train "$T/c.ini" train.workdir="$T/b1" dist.expert_parallel=3 >"$T/out" 2>"$T/err"
+[ $? != 0 ] && grep -q "dist.expert_parallel = 3 must divide the number of ranks (4)" "$T/err" \
+    && [ ! -e "$T/b1" ] && ok || { bad "expert_parallel 3 of 4 ranks"; cat "$T/err"; }
+$MPI -np 2 "$BIN" train "$T/c.ini" train.workdir="$T/b2" moe.experts=3 >"$T/out" 2>"$T/err"
+[ $? != 0 ] && grep -q "must divide moe.experts = 3" "$T/err" && [ ! -e "$T/b2" ] \
+    && ok || { bad "3 experts over 2 ranks"; cat "$T/err"; }
+$MPI -np 3 "$BIN" train "$T/c.ini" train.workdir="$T/b3" dist.expert_parallel=1 >"$T/out" 2>"$T/err"
+[ $? != 0 ] && grep -q "train.batch_size = 8 is the global batch and must be divisible by the number of ranks (3)" "$T/err" \
+    && ok || { bad "batch 8 over 3 ranks"; cat "$T/err"; }
+
+# shards: 2 ranks read disjoint shards; their checkpoint keeps both loader
+# positions, and 1 rank resumes from it at the next epoch boundary
+"$BIN" shards synth "$T/syn/s" 64 16 >/dev/null 2>&1 || bad "shards synth"
+SH="data.source=shards data.train=$T/syn/s-{000000..000003}.tar data.val=$T/syn/s-{000000..000000}.tar model.classes=10 data.pp_train=resize(8)|value_range(-1,1) data.pp_eval=resize(8)|value_range(-1,1) data.threads=1 train.steps=6 train.ckpt_every=6"
+# shellcheck disable=SC2086
+$MPI -np 2 "$BIN" train "$T/c.ini" train.workdir="$T/s2" $SH >"$T/out" 2>"$T/err" \
+    && ok || { bad "2 ranks on shards"; cat "$T/err"; }
+h5dump -d /state/loader_taken "$T/s2/ckpt-00000006.h5" | grep -q '(0): 24, 24' \
+    && ok || { bad "loader position per rank"; h5dump -d /state/loader_taken "$T/s2/ckpt-00000006.h5"; }
+# shellcheck disable=SC2086
+"$BIN" train "$T/c.ini" train.workdir="$T/s2" $SH train.steps=8 >"$T/out" 2>"$T/err" \
+    && grep -q "written by 2 ranks, this run has 1: the data restarts at the next epoch boundary (epoch 1)" "$T/err" \
+    && ok || { bad "2-rank shard checkpoint resumed on 1 rank"; cat "$T/err"; }
+
+echo "mpi: $pass passed, $fail failed"
+[ "$fail" = 0 ]
