@@ -245,6 +245,15 @@ static int run(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     dist_init(&argc, &argv);
+    // Only training is distributed; under mpirun every other command runs
+    // once, on rank 0, as a single process holding every expert.
+    if (dist_world() > 1 && (argc < 2 || strcmp(argv[1], "train"))) {
+        if (dist_rank() != 0) {
+            dist_finalize();
+            return 0;
+        }
+        fprintf(stderr, "softmoe: only train runs distributed; rank 0 runs this command alone\n");
+    }
     int rc = run(argc, argv);
     dist_finalize();
     return rc;
