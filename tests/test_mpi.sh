@@ -7,6 +7,7 @@
 #   - every rank allocates only its share of the experts;
 #   - a checkpoint written by 4 ranks resumes on 2 and on 1 rank and ends
 #     where the uninterrupted 1-rank run ends;
+#   - SIGTERM reaching one rank checkpoints all of them at the same step;
 #   - a fatal error on one rank ends the whole job, non-zero, within seconds;
 #   - bad dist settings stop before any work, naming the key;
 #   - with shards, a checkpoint from 2 ranks resumes on 1 at the next epoch.
@@ -39,7 +40,8 @@ trap 'rm -rf "$T"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 # vader (shared memory) + self; ranks yield the core when idle (oversubscribed)
-MPI="mpirun --oversubscribe --mca btl self,vader --mca mpi_yield_when_idle 1"
+# (a hang would be a bug: every run is bounded)
+MPI="timeout 120 mpirun --oversubscribe --mca btl self,vader --mca mpi_yield_when_idle 1"
 
 cat >"$T/c.ini" <<'INI'
 [model]
@@ -117,9 +119,19 @@ for W in 2 1; do
     same_as_one "$T/r$W" "4-rank checkpoint resumed on $W"
 done
 
+# SIGTERM that reaches one rank only (rank 2 of 4, during step 7): all ranks
+# agree, checkpoint step 7 and exit 0; re-running resumes and ends like the
+# uninterrupted run
+SOFTMOE_STOP_RANK=2 SOFTMOE_STOP_AT_STEP=7 $MPI -np 4 "$BIN" train "$T/c.ini" \
+    train.workdir="$T/sig" >"$T/out" 2>"$T/err" && [ -e "$T/sig/ckpt-00000007.h5" ] \
+    && ok || { bad "signal on one rank"; cat "$T/err"; }
+$MPI -np 4 "$BIN" train "$T/c.ini" train.workdir="$T/sig" >"$T/out" 2>"$T/err" \
+    || { bad "resume after the signal"; cat "$T/err"; }
+same_as_one "$T/sig" "resumed after a signal on one rank"
+
 # a fatal error on rank 1 of 4 at step 3 ends the job, non-zero, promptly
 t0=$(date +%s)
-SOFTMOE_FAIL_RANK=1 SOFTMOE_FAIL_AT_STEP=3 timeout 60 $MPI -np 4 "$BIN" train "$T/c.ini" \
+SOFTMOE_FAIL_RANK=1 SOFTMOE_FAIL_AT_STEP=3 $MPI -np 4 "$BIN" train "$T/c.ini" \
     train.workdir="$T/f" >"$T/out" 2>"$T/err"
 rc=$?
 t1=$(date +%s)

@@ -377,8 +377,10 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     DistStats *ds = dist_stats(), st = {0}, st_log = {0};
     // Test hooks: behave as if SIGTERM arrived during this step; or (rank
     // SOFTMOE_FAIL_RANK) fail fatally at step SOFTMOE_FAIL_AT_STEP.
-    const char *stop_env = getenv("SOFTMOE_STOP_AT_STEP");
-    long stop_at = stop_env ? atol(stop_env) : 0;
+    // (SOFTMOE_STOP_RANK: only that rank sees the signal, as when a
+    // scheduler signals the processes of one node.)
+    const char *stop_env = getenv("SOFTMOE_STOP_AT_STEP"), *stop_rank = getenv("SOFTMOE_STOP_RANK");
+    long stop_at = stop_env && (!stop_rank || atoi(stop_rank) == t.rank) ? atol(stop_env) : 0;
     const char *fail_env = getenv("SOFTMOE_FAIL_AT_STEP"), *fail_rank = getenv("SOFTMOE_FAIL_RANK");
     long fail_at = fail_env && (!fail_rank || atoi(fail_rank) == t.rank) ? atol(fail_env) : 0;
     for (long step = start; step < c->steps; step++) {
