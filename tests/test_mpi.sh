@@ -7,6 +7,7 @@
 #   - every rank allocates only its share of the experts;
 #   - a checkpoint written by 4 ranks resumes on 2 and on 1 rank and ends
 #     where the uninterrupted 1-rank run ends;
+#   - train.init on 2 ranks loads each rank's experts from a 1-rank checkpoint;
 #   - SIGTERM reaching one rank checkpoints all of them at the same step;
 #   - a fatal error on one rank ends the whole job, non-zero, within seconds;
 #   - bad dist settings stop before any work, naming the key;
@@ -118,6 +119,13 @@ for W in 2 1; do
     grep -q "resuming from .*ckpt-00000010.h5" "$T/err" && ok || bad "resume on $W ranks: no resume"
     same_as_one "$T/r$W" "4-rank checkpoint resumed on $W"
 done
+
+# train.init on 2 ranks: each rank reads its experts' slice of the 1-rank
+# checkpoint (one step at lr 0 leaves the parameters exactly as loaded)
+$MPI -np 2 "$BIN" train "$T/c.ini" train.workdir="$T/init" train.init="$T/w1/$CK" train.steps=1 \
+    schedule.warmup_steps=0 optim.lr=0 >"$T/out" 2>"$T/err" \
+    && h5diff "$T/w1/$CK" "$T/init/ckpt-00000001.h5" /params /params >"$T/diff" \
+    && ok || { bad "train.init on 2 ranks"; cat "$T/err" "$T/diff" | head -20; }
 
 # SIGTERM that reaches one rank only (rank 2 of 4, during step 7): all ranks
 # agree, checkpoint step 7 and exit 0; re-running resumes and ends like the

@@ -418,6 +418,36 @@ int ckpt_read_any(const char *path, const char *name, float **data, int *ndim, l
     return rc;
 }
 
+int ckpt_read_param(const char *path, const ParamSpec *s, float *dst, int *ndim, long *dims,
+                    char *err, size_t n) {
+    CkptInfo info;
+    memset(&info, 0, sizeof info);
+    hid_t f = open_checked(path, &info, err, n);
+    if (f < 0) return -1;
+    char name[PARAM_NAME + 16];
+    snprintf(name, sizeof name, "/params/%s", s->name);
+    int rc;
+    if (!exists(f, name)) {
+        rc = fail(err, n, "checkpoint '%s' has no dataset %s", path, name);
+    } else {
+        hid_t d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5Dget_space(d);
+        hsize_t hd[8] = {0};
+        *ndim = H5Sget_simple_extent_ndims(sp);
+        if (*ndim >= 0 && *ndim <= 8) H5Sget_simple_extent_dims(sp, hd, NULL);
+        int gshape[PARAM_MAXDIM];
+        ptable_global_shape(s, gshape);
+        int same = *ndim == s->ndim;
+        for (int k = 0; k < *ndim && k < 8; k++) {
+            dims[k] = (long)hd[k];
+            if (same) same = hd[k] == (hsize_t)gshape[k];
+        }
+        H5Sclose(sp), H5Dclose(d);
+        rc = same ? read_tensor(f, path, name, s, dst, err, n) : 1;
+    }
+    H5Fclose(f);
+    return rc;
+}
+
 void ckpt_info_free(CkptInfo *info) {
     free(info->config);
     free(info->pos_all);

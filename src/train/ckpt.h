@@ -65,6 +65,12 @@ void ckpt_info_free(CkptInfo *info);
 int ckpt_read_any(const char *path, const char *name, float **data, int *ndim, long *dims,
                   char *err, size_t errlen);
 
+// Reads one parameter `/params/<s->name>` into dst if its shape is the
+// config's (of a stacked expert tensor, only this rank's experts). Returns 0,
+// 1 when the shapes differ (dims/ndim filled, dst untouched), or -1 with err.
+int ckpt_read_param(const char *path, const ParamSpec *s, float *dst, int *ndim, long *dims,
+                    char *err, size_t errlen);
+
 // Paths of WORKDIR's complete checkpoints, newest first (malloc'd list).
 int ckpt_list(const char *workdir, char ***paths, long **steps);
 void ckpt_list_free(char **paths, long *steps, int n);

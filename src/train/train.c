@@ -165,20 +165,17 @@ static void init_params(Trainer *t, const char *path, int quiet) {
     char name[PARAM_NAME + 16], err[1024];
     for (int i = 0; i < t->m.pt.n; i++) {
         const ParamSpec *s = &t->m.pt.t[i];
-        snprintf(name, sizeof name, "/params/%s", s->name);
-        float *src;
         int nd;
         long dims[8];
+        // same shape: read in place (a stacked expert tensor: this rank's experts only)
+        int rc = ckpt_read_param(path, s, t->m.params + s->offset, &nd, dims, err, sizeof err);
+        if (rc < 0) sm_die("%s (train.init)", err);
+        if (rc == 0) continue;
+        float *src;
+        snprintf(name, sizeof name, "/params/%s", s->name);
         if (ckpt_read_any(path, name, &src, &nd, dims, err, sizeof err) != 0)
             sm_die("%s (train.init)", err);
-        int gshape[PARAM_MAXDIM];
-        ptable_global_shape(s, gshape);
-        int same = nd == s->ndim;
-        for (int k = 0; same && k < nd; k++) same = dims[k] == gshape[k];
-        // a stacked expert tensor: this rank's experts from the whole stack
-        size_t first = ptable_is_expert(s) ? (size_t)s->stack_first * (s->numel / s->n_stack) : 0;
-        if (same) memcpy(t->m.params + s->offset, src + first, s->numel * sizeof(float));
-        else adapt_tensor(t, s, src, nd, dims, path, quiet);
+        adapt_tensor(t, s, src, nd, dims, path, quiet);
         free(src);
     }
     if (!quiet) fprintf(stderr, "softmoe: initialised from %s\n", path);
