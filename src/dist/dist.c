@@ -12,9 +12,10 @@
 #include <mpi.h>
 #endif
 
-static int g_rank = 0, g_world = 1, g_ep = 1, g_ep_rank = 0, g_mpi = 0;
+static int g_rank = 0, g_world = 1, g_ep = 1, g_ep_rank = 0;
 static DistStats g_stats;
 #ifdef SM_MPI
+static int g_mpi = 0;  // MPI_Init ran
 static MPI_Comm g_ep_comm = MPI_COMM_NULL, g_rep_comm = MPI_COMM_NULL;
 #endif
 
