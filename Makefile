@@ -60,7 +60,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench bench-experts clean
+.PHONY: all deps found test train bench bench-experts bench-mpi clean
 all: found $(BIN)
 
 found:
@@ -120,6 +120,12 @@ bench: found $(BIN)
 # Step time against the number of experts at 128 slots (scripts/bench_experts.sh).
 bench-experts: found $(BIN)
 	sh scripts/bench_experts.sh $(BIN)
+
+# 1 rank against 2 ranks (scripts/bench_mpi.sh): the default config, then
+# Soft MoE S/16 32x4 at global batch 8.
+bench-mpi: found $(BIN)
+	sh scripts/bench_mpi.sh $(BIN) configs/fmnist_softmoe.ini $(ARGS)
+	STEPS=4 sh scripts/bench_mpi.sh $(BIN) configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)
 
 clean:
 	rm -rf $(BUILD)

@@ -470,8 +470,8 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     }
     long ran = res->steps_done - start;
     if (!quiet && t.world > 1 && ran > 0)
-        fprintf(stderr, "softmoe: rank 0 per training step: %.2f ms in %.0f all-to-alls (%.3f MB "
-                "sent to other ranks), %.2f ms in %.0f allreduces (%.3f MB payload), step %.2f ms\n",
+        fprintf(stderr, "softmoe: rank 0 per training step: %.2f ms in %.0f all-to-alls (%.4f MB "
+                "sent to other ranks), %.2f ms in %.0f allreduces (%.4f MB payload), step %.2f ms\n",
                 1e3 * st.t_a2a / ran, (double)st.n_a2a / ran, st.a2a_bytes / 1e6 / ran,
                 1e3 * st.t_ar / ran, (double)st.n_ar / ran, st.ar_bytes / 1e6 / ran,
                 1e3 * t_steps / ran);
