@@ -191,8 +191,17 @@ static long restore(Trainer *t, const Config *c, int quiet) {
     int n = strcmp(c->resume, "none") ? ckpt_list(c->workdir, &paths, &steps) : 0;
     for (int i = 0; i < n; i++) {
         CkptInfo info;
-        if (ckpt_load(paths[i], &t->m.pt, t->m.params, t->opt_m, t->opt_v, &info, err,
-                      sizeof err) == 0) {
+        int rc = ckpt_load(paths[i], &t->m.pt, t->m.params, t->opt_m, t->opt_v, &info, err,
+                           sizeof err);
+        // Every rank reads its own experts: all must succeed, or all move on
+        // together (a rank resuming elsewhere would silently train on).
+        if (dist_any(rc != 0) && rc == 0) {
+            ckpt_info_free(&info);
+            snprintf(err, sizeof err, "checkpoint '%s' could not be read on another rank (see its "
+                     "message)", paths[i]);
+            rc = -1;
+        }
+        if (rc == 0) {
             if (!quiet) fprintf(stderr, "softmoe: resuming from %s (step %ld)\n", paths[i], info.step);
             if (t->ld && info.world_size == t->world) {
                 loader_seek(t->ld, info.pos_all[t->rank]);
