@@ -252,12 +252,13 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
     // Test hook: behave as if SIGTERM arrived during this step.
     const char *stop_env = getenv("SOFTMOE_STOP_AT_STEP");
     long stop_at = stop_env ? atol(stop_env) : 0;
+    // Zero once: adam_update_zero leaves the gradients zero for the next step.
+    vit_zero_grad(&t.m);
     for (long step = start; step < c->steps; step++) {
         if (step + 1 == stop_at) g_stop = SIGTERM;
         double td = sm_now();
         next_batch(&t, c, step);
         wait += sm_now() - td;
-        vit_zero_grad(&t.m);
         double loss = vit_forward(&t.m, t.images, t.targets, t.B);
         if (!isfinite(loss))
             sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the data)",
@@ -267,8 +268,8 @@ void train_run(const Config *c, int quiet, TrainResult *res) {
         if (!isfinite(gnorm))
             sm_die("gradient norm is %g at step %ld: training diverged", gnorm, step + 1);
         double lr = sched_lr(c, step);
-        adam_update(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1, c->b2,
-                    c->eps, step + 1, clip_factor(gnorm, c->clip));
+        adam_update_zero(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1,
+                         c->b2, c->eps, step + 1, clip_factor(gnorm, c->clip));
         win_loss += loss, win++;
         if (step == start) res->first_loss = loss;
         int last = step + 1 == c->steps;
