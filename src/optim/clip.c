@@ -13,13 +13,23 @@
 // accumulator j taking elements j, j + SUMSQ_LANES, ...: each is a plain
 // chain of adds, so the compiler vectorises the loop without reordering any
 // sum (a handful of accumulators, as before, left it scalar and compute-bound
-// at about a quarter of the memory bandwidth).
+// at about a quarter of the memory bandwidth). The software prefetch into L2
+// SUMSQ_AHEAD floats ahead keeps more reads in flight than the hardware
+// prefetcher does for one stream per core: 33 GB/s on 2 cores instead of 20.
 #define SUMSQ_LANES 32
+#define SUMSQ_AHEAD 2048
 static double sumsq(const float *x, size_t n) {
     double a[SUMSQ_LANES] = {0};
     size_t i = 0;
-    for (; i + SUMSQ_LANES <= n; i += SUMSQ_LANES)
-        for (int j = 0; j < SUMSQ_LANES; j++) a[j] += (double)x[i + j] * x[i + j];
+    for (; i + SUMSQ_LANES <= n; i += SUMSQ_LANES) {
+        // two 64-byte lines per block of 32 floats (prefetches never fault)
+        __builtin_prefetch(x + i + SUMSQ_AHEAD, 0, 2);
+        __builtin_prefetch(x + i + SUMSQ_AHEAD + 16, 0, 2);
+        // fma: the square of a float is exact in double, so this rounds
+        // exactly as x*x + a does, with one instruction instead of two (the
+        // build's -std=c11 keeps GCC from contracting them itself)
+        for (int j = 0; j < SUMSQ_LANES; j++) a[j] = fma((double)x[i + j], x[i + j], a[j]);
+    }
     for (int j = 0; i < n; i++, j++) a[j] += (double)x[i] * x[i];
     // pairwise sum of the lanes
     for (int w = SUMSQ_LANES / 2; w > 0; w /= 2)
