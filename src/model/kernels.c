@@ -105,6 +105,12 @@ static void nn_block(float *out, const float *x, int ldx, const float *w, const 
 void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R, int K,
                int N, int accumulate) {
     const size_t ntile = (size_t)(N + 47) / 48 * ((R + NN_RB - 1) / NN_RB);
+    // The first panel has no panel before it to fetch it: request it into
+    // L2 in address order before starting.
+    {
+        size_t lines = ((size_t)(K < NN_KP ? K : NN_KP) * N * sizeof(float) + 63) / 64;
+        for (size_t l = 0; l < lines; l++) _mm_prefetch((const char *)w + l * 64, _MM_HINT_T1);
+    }
     for (int k0 = 0; k0 < K; k0 += NN_KP) {
         int kc = K - k0 < NN_KP ? K - k0 : NN_KP;
         // The next panel's lines, shared out evenly over this panel's tiles.
