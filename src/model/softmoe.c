@@ -164,8 +164,8 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
 static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, const MoeW *w,
                              MoeDims d) {
     const int R = d.B * d.P;
-    // dxs and dhg are written, not accumulated, by fewrow_nt (no memset)
-    memset(s->dh, 0, (size_t)d.E * R * d.M * sizeof(float));
+    // dxs and dhg are written, not accumulated, by fewrow_nt (no memset); dh
+    // is zeroed per expert below, by both threads and while in cache.
     #pragma omp parallel for schedule(dynamic)
     for (int e = 0; e < d.E; e++) {
         size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M;
@@ -174,6 +174,7 @@ static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, con
         dense_backward(NULL, g->w2 + wo, g->b2 + (size_t)e * d.D, s->dys + rd, a->hg + rm,
                        w->w2 + wo, R, d.M, d.D);
         fewrow_nt(s->dhg + rm, s->dys + rd, w->w2 + wo, R, d.M, d.D, 0);
+        memset(s->dh + rm, 0, (size_t)R * d.M * sizeof(float));
         gelu_backward(s->dh + rm, s->dhg + rm, a->h + rm, (size_t)R * d.M);
         dense_backward(NULL, g->w1 + wo, g->b1 + (size_t)e * d.M, s->dh + rm, a->xs + rd,
                        w->w1 + wo, R, d.D, d.M);
