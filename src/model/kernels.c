@@ -7,10 +7,10 @@
 // accumulators, each weight load or broadcast feeding 2 to 8 FMAs. Without
 // AVX-512 they are the same cblas_sgemm calls dense.c makes. (The weight
 // gradient x^T @ dy stays with sgemm: there the big matrix is the output,
-// and a kernel of this kind measured slower than OpenBLAS.)
+// which sgemm does not pack, and a kernel of this kind gained nothing
+// measurable in the training step.)
 #include <cblas.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "../core/common.h"
 #include "layers.h"
