@@ -109,8 +109,9 @@ train: found $(BIN) $(if $(filter fmnist_softmoe finetune_fmnist,$(CONFIG)),$(FM
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)
 
 # ViT-S/16 at 224 px, batch 8, 1000 classes: dense, Soft MoE 32x4 and 128x1
-# (the last needs ~15 GB of RAM), then the default config.
-S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent
+# (the last needs ~15 GB of RAM), then the default config. Random images: the
+# paper configs name JFT shards (jft.ini), which bench would otherwise open.
+S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent data.source=synthetic
 bench: found $(BIN)
 	$(BIN) bench configs/vit_s16.ini $(S16) $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)

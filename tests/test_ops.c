@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gradcheck.h"
+#include "core/rng.h"
 #include "model/layers.h"
 #include "testutil.h"
 
@@ -239,6 +240,62 @@ START_TEST(test_sigmoid_xent) {
 END_TEST
 
 // The checker must catch a wrong gradient: drop one term and expect failure.
+// The few-row expert kernels (kernels.c) against a double-precision product,
+// on shapes with tails in every dimension (register tiles are 48 columns x 8
+// or 12 rows, panels 64 rows of w, dy transposed 32 rows at a time) and past
+// the 128-row switch to sgemm. Bound: each output is a K-term float sum, so
+// its error is at most about K * 2^-24 * sum |terms|; 4e-6 * (K + 1) of that
+// sum leaves room for the bias and accumulate additions.
+static void check_fewrow(int R, int K, int N, int accumulate, int bias) {
+    float *x = malloc((size_t)R * K * sizeof(float)), *w = malloc((size_t)K * N * sizeof(float));
+    float *b = malloc((size_t)N * sizeof(float)), *dy = malloc((size_t)R * N * sizeof(float));
+    float *out = malloc((size_t)R * N * sizeof(float)), *dx = malloc((size_t)R * K * sizeof(float));
+    float *out0 = malloc((size_t)R * N * sizeof(float)), *dx0 = malloc((size_t)R * K * sizeof(float));
+    Rng r;
+    rng_seed(&r, 11, (uint64_t)(R * 7919 + K * 31 + N));
+    for (int i = 0; i < R * K; i++) x[i] = rng_normal(&r), dx0[i] = rng_normal(&r);
+    for (int i = 0; i < K * N; i++) w[i] = rng_normal(&r);
+    for (int i = 0; i < N; i++) b[i] = rng_normal(&r);
+    for (int i = 0; i < R * N; i++) dy[i] = rng_normal(&r), out0[i] = rng_normal(&r);
+    memcpy(out, out0, (size_t)R * N * sizeof(float));
+    memcpy(dx, dx0, (size_t)R * K * sizeof(float));
+    fewrow_nn(out, x, w, bias ? b : NULL, R, K, N, accumulate);
+    fewrow_nt(dx, dy, w, R, K, N, accumulate);
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < N; j++) {
+            double want = (bias ? b[j] : 0) + (accumulate ? out0[(size_t)i * N + j] : 0), mag = fabs(want);
+            for (int k = 0; k < K; k++) {
+                double t = (double)x[(size_t)i * K + k] * w[(size_t)k * N + j];
+                want += t, mag += fabs(t);
+            }
+            ck_assert_msg(fabs(out[(size_t)i * N + j] - want) <= 4e-6 * (K + 1) * mag,
+                          "fewrow_nn R%d K%d N%d acc%d bias%d at (%d,%d): %g vs %g", R, K, N,
+                          accumulate, bias, i, j, out[(size_t)i * N + j], want);
+        }
+    for (int i = 0; i < R; i++)
+        for (int k = 0; k < K; k++) {
+            double want = accumulate ? dx0[(size_t)i * K + k] : 0, mag = fabs(want);
+            for (int j = 0; j < N; j++) {
+                double t = (double)dy[(size_t)i * N + j] * w[(size_t)k * N + j];
+                want += t, mag += fabs(t);
+            }
+            ck_assert_msg(fabs(dx[(size_t)i * K + k] - want) <= 4e-6 * (N + 1) * mag,
+                          "fewrow_nt R%d K%d N%d acc%d at (%d,%d): %g vs %g", R, K, N, accumulate,
+                          i, k, dx[(size_t)i * K + k], want);
+        }
+    free(x), free(w), free(b), free(dy), free(out), free(dx), free(out0), free(dx0);
+}
+
+START_TEST(test_fewrow) {
+    const int shapes[][3] = {{1, 7, 5},    {5, 48, 48},   {8, 64, 96},   {12, 65, 97},
+                             {17, 130, 50}, {32, 96, 384}, {33, 200, 49}, {64, 31, 130},
+                             {128, 40, 60}, {129, 40, 60}, {200, 70, 33}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        for (int acc = 0; acc < 2; acc++)
+            check_fewrow(shapes[i][0], shapes[i][1], shapes[i][2], acc, acc == 0);
+}
+END_TEST
+
 START_TEST(test_check_can_fail) {
     int R = 5, I = 7, O = 3;
     float x[35], w[21], b[3], out[15], Rm[15], dw[21] = {0};
@@ -264,6 +321,7 @@ static Suite *ops_suite(void) {
     tcase_add_test(t, test_tok);
     tcase_add_test(t, test_softmax_xent);
     tcase_add_test(t, test_sigmoid_xent);
+    tcase_add_test(t, test_fewrow);
     tcase_add_test(t, test_check_can_fail);
     suite_add_tcase(s, t);
     return s;

@@ -432,6 +432,30 @@ START_TEST(test_fused_clip) {
 }
 END_TEST
 
+// adam_update_zero: the same update as adam_update, and every gradient of
+// the table read and set to zero (the padding between tensors untouched).
+START_TEST(test_adam_zero_grads) {
+    BigModel x, y;
+    big_init(&x);
+    big_init(&y);
+    unsigned s = 7;
+    for (size_t i = 0; i < x.pt.total; i++) x.g[i] = y.g[i] = lcg_uniform(&s);
+    for (long t = 1; t <= 2; t++) {
+        adam_update(x.p, x.g, x.m, x.v, &x.pt, x.wd, 1e-3, 0.9, 0.999, 1e-8, t, 0.5f);
+        adam_update_zero(y.p, y.g, y.m, y.v, &y.pt, y.wd, 1e-3, 0.9, 0.999, 1e-8, t, 0.5f);
+        if (t == 1) memcpy(y.g, x.g, x.pt.total * sizeof(float)); // same gradients again
+    }
+    size_t bytes = x.pt.total * sizeof(float), nonzero = 0;
+    ck_assert(memcmp(x.p, y.p, bytes) == 0 && memcmp(x.m, y.m, bytes) == 0 &&
+              memcmp(x.v, y.v, bytes) == 0);
+    for (int i = 0; i < y.pt.n; i++)
+        for (size_t j = 0; j < y.pt.t[i].numel; j++) nonzero += y.g[y.pt.t[i].offset + j] != 0.0f;
+    ck_assert_msg(nonzero == 0, "%zu gradients left non-zero", nonzero);
+    big_free(&x);
+    big_free(&y);
+}
+END_TEST
+
 START_TEST(test_thread_count_invariance) {
     BigModel x, y;
     big_init(&x);
@@ -467,6 +491,7 @@ static Suite *optim_suite(void) {
     tcase_add_test(tc, test_adam_two_steps);
     tcase_add_test(tc, test_adam_wd_no_leak);
     tcase_add_test(tc, test_adam_eps);
+    tcase_add_test(tc, test_adam_zero_grads);
     tcase_add_test(tc, test_thread_count_invariance);
     suite_add_tcase(s, tc);
     return s;

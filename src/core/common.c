@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -35,11 +36,23 @@ void *sm_calloc_at(size_t n, size_t size, const char *file, int line) {
     return p;
 }
 
+// Blocks of HUGE_MIN bytes and more (parameters, gradients, Adam moments,
+// activations) are 2 MB aligned and advised to use transparent huge pages,
+// which Debian's kernels give only on request (THP mode "madvise"): the
+// experts and Adam stream through hundreds of MB, and on 4 KB pages an
+// expert's weight rows (6 KB apart) each cost a TLB miss.
+#define HUGE_MIN ((size_t)32 << 20)
+#define HUGE_ALIGN ((size_t)2 << 20)
+
 void *sm_aligned_at(size_t n, const char *file, int line) {
     void *p = NULL;
-    size_t rounded = (n + 63) / 64 * 64;
-    if (posix_memalign(&p, 64, rounded ? rounded : 64) != 0)
+    size_t align = n >= HUGE_MIN ? HUGE_ALIGN : 64;
+    size_t rounded = (n + align - 1) / align * align;
+    if (posix_memalign(&p, align, rounded ? rounded : 64) != 0)
         sm_die_at(file, line, "out of memory allocating %zu bytes (aligned)", n);
+#ifdef MADV_HUGEPAGE
+    if (align == HUGE_ALIGN) madvise(p, rounded, MADV_HUGEPAGE); // advice: failure is harmless
+#endif
     return p;
 }
 

@@ -15,6 +15,16 @@ void dense_forward(float *out, const float *inp, const float *w, const float *b,
 void dense_backward(float *dinp, float *dw, float *db, const float *dout,
                     const float *inp, const float *w, int R, int Din, int Dout);
 
+// The same products for few rows R (kernels.c, the Soft MoE experts): the
+// weights are read once, straight from w, instead of packed by sgemm.
+// out (R,N) = x (R,K) @ w (K,N) + b (N) (b may be NULL); if accumulate, out += instead.
+void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R, int K,
+               int N, int accumulate);
+// dx (R,K) += dy (R,N) @ w^T, w (K,N); if !accumulate, dx = instead (the one
+// exception to the accumulate rule above, so callers need not zero dx first).
+void fewrow_nt(float *dx, const float *dy, const float *w, int R, int K, int N,
+               int accumulate);
+
 // out (R,C) = (inp - mean) * rstd * w + b, eps 1e-6; b may be NULL (scale only).
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *w, const float *b, int R, int C);

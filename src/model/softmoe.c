@@ -170,17 +170,18 @@ static void route_image(float *dw, float *cw, float *col, const float *raw, floa
         for (int s = 0; s < S; s++) dw[(size_t)n * S + s] *= csum[s];
 }
 
-// The El local experts, each on its W*B*P rows.
+// The El local experts, each on its W*B*P rows. Few rows: fewrow_* (kernels.c)
+// read the weights once instead of packing them as sgemm does.
 static void experts_forward(MoeActs *a, const MoeW *w, MoeDims d) {
     const int R = d.W * d.B * d.P;
     #pragma omp parallel for schedule(dynamic)
     for (int e = 0; e < d.El; e++) {
         size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M;
-        dense_forward(a->h + rm, a->xe + rd, w->w1 + (size_t)e * d.D * d.M, w->b1 + (size_t)e * d.M,
-                      R, d.D, d.M, 0);
+        fewrow_nn(a->h + rm, a->xe + rd, w->w1 + (size_t)e * d.D * d.M, w->b1 + (size_t)e * d.M,
+                  R, d.D, d.M, 0);
         gelu_forward(a->hg + rm, a->h + rm, (size_t)R * d.M);
-        dense_forward(a->ye + rd, a->hg + rm, w->w2 + (size_t)e * d.M * d.D,
-                      w->b2 + (size_t)e * d.D, R, d.M, d.D, 0);
+        fewrow_nn(a->ye + rd, a->hg + rm, w->w2 + (size_t)e * d.M * d.D,
+                  w->b2 + (size_t)e * d.D, R, d.M, d.D, 0);
     }
 }
 
@@ -217,18 +218,21 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
 static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, const MoeW *w,
                              MoeDims d) {
     const int R = d.W * d.B * d.P;
-    memset(s->dxe, 0, (size_t)d.El * R * d.D * sizeof(float));
-    memset(s->dhg, 0, (size_t)d.El * R * d.M * sizeof(float));
-    memset(s->dh, 0, (size_t)d.El * R * d.M * sizeof(float));
+    // dxe and dhg are written, not accumulated, by fewrow_nt (no memset); dh
+    // is zeroed per expert below, by both threads and while in cache.
     #pragma omp parallel for schedule(dynamic)
     for (int e = 0; e < d.El; e++) {
         size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M;
         size_t wo = (size_t)e * d.D * d.M;
-        dense_backward(s->dhg + rm, g->w2 + wo, g->b2 + (size_t)e * d.D, s->dye + rd, a->hg + rm,
+        // weight and bias gradients by sgemm, input gradients by fewrow_nt
+        dense_backward(NULL, g->w2 + wo, g->b2 + (size_t)e * d.D, s->dye + rd, a->hg + rm,
                        w->w2 + wo, R, d.M, d.D);
+        fewrow_nt(s->dhg + rm, s->dye + rd, w->w2 + wo, R, d.M, d.D, 0);
+        memset(s->dh + rm, 0, (size_t)R * d.M * sizeof(float));
         gelu_backward(s->dh + rm, s->dhg + rm, a->h + rm, (size_t)R * d.M);
-        dense_backward(s->dxe + rd, g->w1 + wo, g->b1 + (size_t)e * d.M, s->dh + rm, a->xe + rd,
+        dense_backward(NULL, g->w1 + wo, g->b1 + (size_t)e * d.M, s->dh + rm, a->xe + rd,
                        w->w1 + wo, R, d.D, d.M);
+        fewrow_nt(s->dxe + rd, s->dh + rm, w->w1 + wo, R, d.D, d.M, 0);
     }
 }
 

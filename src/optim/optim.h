@@ -74,3 +74,12 @@ float clip_factor(double norm, double max_norm);
 void adam_update(float *params, const float *grads, float *m, float *v,
                  const ParamTable *pt, const float *wd, double lr, double b1,
                  double b2, double eps, long t, float gscale);
+
+// adam_update, and every gradient of pt's tensors is set to 0 once read, in
+// the same pass: a training step can then skip vit_zero_grad (a separate
+// pass over all gradients) as long as the gradients were zero before its
+// first step (vit_alloc zeroes them) and nothing else writes them between
+// this update and the next backward. Bit-identical params, m and v.
+void adam_update_zero(float *params, float *grads, float *m, float *v,
+                      const ParamTable *pt, const float *wd, double lr, double b1,
+                      double b2, double eps, long t, float gscale);

@@ -389,6 +389,8 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     long stop_at = stop_env && (!stop_rank || atoi(stop_rank) == t.rank) ? atol(stop_env) : 0;
     const char *fail_env = getenv("SOFTMOE_FAIL_AT_STEP"), *fail_rank = getenv("SOFTMOE_FAIL_RANK");
     long fail_at = fail_env && (!fail_rank || atoi(fail_rank) == t.rank) ? atol(fail_env) : 0;
+    // Zero once: adam_update_zero leaves the gradients zero for the next step.
+    vit_zero_grad(&t.m);
     for (long step = start; step < c->steps; step++) {
         if (step + 1 == stop_at) g_stop = SIGTERM;
         if (step + 1 == fail_at) sm_die("test hook SOFTMOE_FAIL_AT_STEP=%ld", fail_at);
@@ -396,7 +398,6 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         double td = sm_now();
         next_batch(&t, c, step);
         wait += sm_now() - td;
-        vit_zero_grad(&t.m);
         double loss = vit_forward(&t.m, t.images, t.targets, t.B);
         if (!isfinite(loss))
             sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the data)",
@@ -406,8 +407,8 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         if (!isfinite(gnorm))
             sm_die("gradient norm is %g at step %ld: training diverged", gnorm, step + 1);
         double lr = sched_lr(c, step);
-        adam_update(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1, c->b2,
-                    c->eps, step + 1, clip_factor(gnorm, c->clip) / (float)t.world);
+        adam_update_zero(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1,
+                         c->b2, c->eps, step + 1, clip_factor(gnorm, c->clip) / (float)t.world);
         st.t_a2a += ds->t_a2a - before.t_a2a, st.t_ar += ds->t_ar - before.t_ar;
         st.a2a_bytes += ds->a2a_bytes - before.a2a_bytes, st.ar_bytes += ds->ar_bytes - before.ar_bytes;
         st.n_a2a += ds->n_a2a - before.n_a2a, st.n_ar += ds->n_ar - before.n_ar;
