@@ -15,15 +15,15 @@ CORES=$(nproc)
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-COMMON="data.source=synthetic train.steps=$STEPS train.log_every=$STEPS train.ckpt_every=0 train.keep_ckpts=1"
+COMMON="data.source=synthetic schedule.warmup_steps=0 schedule.cooldown_steps=0 train.steps=$STEPS train.log_every=$STEPS train.ckpt_every=0 train.keep_ckpts=1"
 
 ips() { sed -n "s/.*\"step\": $STEPS, \"loss\".*\"img_per_s\": \([^,]*\),.*/\1/p" "$1/metrics.jsonl"; }
 
 # shellcheck disable=SC2086
-OMP_NUM_THREADS=$CORES "$BIN" train "$CONFIG" train.workdir="$T/w1" $COMMON "$@" 2>"$T/e1"
+OMP_NUM_THREADS=$CORES "$BIN" train "$CONFIG" train.workdir="$T/w1" $COMMON "$@" 2>"$T/e1" || { cat "$T/e1"; exit 1; }
 # shellcheck disable=SC2086
 OMP_NUM_THREADS=$((CORES / 2)) mpirun --oversubscribe --mca btl self,vader -np 2 \
-    -x OMP_NUM_THREADS "$BIN" train "$CONFIG" train.workdir="$T/w2" $COMMON "$@" 2>"$T/e2"
+    -x OMP_NUM_THREADS "$BIN" train "$CONFIG" train.workdir="$T/w2" $COMMON "$@" 2>"$T/e2" || { cat "$T/e2"; exit 1; }
 
 line=$(grep "rank 0 per training step" "$T/e2")
 # "... X ms in N all-to-alls (Y MB sent to other ranks), Z ms in M allreduces (R MB payload), step S ms"
