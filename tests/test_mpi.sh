@@ -76,6 +76,7 @@ same_as_one() {
     # shellcheck disable=SC2086
     h5diff -d 1e-5 $KB "$T/w1/$CK" "$1/$CK" /params /params >"$T/diff" 2>&1 \
         && h5diff -d 1e-5 $KB "$T/w1/$CK" "$1/$CK" /opt/m /opt/m >>"$T/diff" 2>&1 \
+        && h5diff -d 1e-5 $KB "$T/w1/$CK" "$1/$CK" /opt/v /opt/v >>"$T/diff" 2>&1 \
         && h5diff -d 2e-2 "$T/w1/$CK" "$1/$CK" /params/Encoder/encoderblock_0/SelfAttention/key/bias >>"$T/diff" 2>&1 \
         && h5diff -d 2e-2 "$T/w1/$CK" "$1/$CK" /params/Encoder/encoderblock_1/SelfAttention/key/bias >>"$T/diff" 2>&1 \
         && ok || { bad "$2: parameters differ from the 1-rank run"; head -30 "$T/diff"; }

@@ -1,7 +1,8 @@
 // The MPI world (DESIGN.md "Distributed: MPI"): W ranks, data parallel over
 // all of them; Soft MoE experts split over expert-parallel groups of `ep`
 // consecutive ranks (ep divides W and E). Ranks r and r + ep hold the same
-// experts (replicas), so their expert gradients are averaged.
+// experts (replicas), so their expert gradients are summed over the replicas
+// (and, like the dense ones, divided by W in the optimiser step).
 //
 // Without MPI (built with NO_MPI=1, or not started by mpirun) everything is
 // rank 0 of 1 and every collective is a no-op or a copy. Collectives are only

@@ -133,9 +133,10 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
                                       c->fewshot_seeds, l2s, nl2, &best_l2);
             if (acc == -2) continue;  // the solver failed and said so, naming the l2
             if (acc < 0) {
-                fprintf(stderr, "softmoe: fewshot/%s: a class has fewer than %d train images "
-                        "(fewshot.per_class = %d); %d-shot skipped\n", c->fewshot_name[f],
-                        (int)shots[s], c->fewshot_per_class, (int)shots[s]);
+                if (!quiet)
+                    fprintf(stderr, "softmoe: fewshot/%s: a class has fewer than %d train "
+                            "images (fewshot.per_class = %d); %d-shot skipped\n",
+                            c->fewshot_name[f], (int)shots[s], c->fewshot_per_class, (int)shots[s]);
                 continue;
             }
             if (out) fprintf(out, ", \"fewshot/%s/%dshot\": %.6g", c->fewshot_name[f], (int)shots[s], acc);

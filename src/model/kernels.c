@@ -190,7 +190,14 @@ static void nt_block(float *dx, const float *dyT, const float *w, int K, int N, 
 
 static void nt_avx512(float *dx, const float *dy, const float *w, int R, int K, int N,
                       int accumulate) {
-    float *dyT = sm_aligned((size_t)N * 32 * sizeof(float));
+    // Per-thread staging, grown once: no allocation inside a training step.
+    static _Thread_local float *dyT;
+    static _Thread_local size_t cap;
+    if (cap < (size_t)N * 32) {
+        free(dyT);
+        cap = (size_t)N * 32;
+        dyT = sm_aligned(cap * sizeof(float));
+    }
     for (int r0 = 0; r0 < R; r0 += 32) {
         int rc = R - r0 < 32 ? R - r0 : 32;
         for (int j = 0; j < N; j++) {
@@ -207,7 +214,6 @@ static void nt_avx512(float *dx, const float *dy, const float *w, int R, int K, 
                      rc > 16 ? 2 : 1, accumulate, (const char *)(w + (size_t)(i0 + ib) * N), npf);
         }
     }
-    free(dyT);
 }
 
 #endif

@@ -111,6 +111,8 @@ static int put_groups(hid_t f, hid_t lcpl, const CkptOut *c, int experts_only, c
     return rc;
 }
 
+static int fsync_path(const char *path);
+
 static int close_file(hid_t f, int rc, char *err, size_t n, const char *tmp) {
     if (rc == 0 && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0)
         rc = fail(err, n, "checkpoint '%s': flush failed%s", tmp, "");
@@ -152,7 +154,12 @@ int ckpt_write_experts(const char *tmp, const CkptOut *c, char *err, size_t n) {
     err[0] = '\0';
     hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, H5P_DEFAULT);
     if (f < 0) return fail(err, n, "cannot open checkpoint '%s' to add this rank's experts%s", tmp, "");
-    return close_file(f, put_groups(f, H5P_DEFAULT, c, 1, err, n, tmp), err, n, tmp);
+    int rc = close_file(f, put_groups(f, H5P_DEFAULT, c, 1, err, n, tmp), err, n, tmp);
+    // Durable before the next rank goes on: rank 0's fsync may not reach
+    // what another node wrote.
+    if (rc == 0 && fsync_path(tmp) != 0)
+        rc = fail(err, n, "checkpoint '%s': fsync failed: %s", tmp, strerror(errno));
+    return rc;
 }
 
 static int fsync_path(const char *path) {

@@ -114,7 +114,8 @@ static void save(Trainer *t, const Config *c, long step) {
         if (ckpt_write_new(tmp, &o, err, sizeof err) != 0) unlink(tmp), sm_die("%s", err);
     } else {
         dist_recv_int(t->rank - 1);
-        if (writes_experts && ckpt_write_experts(tmp, &o, err, sizeof err) != 0) sm_die("%s", err);
+        if (writes_experts && ckpt_write_experts(tmp, &o, err, sizeof err) != 0)
+            unlink(tmp), sm_die("%s", err);
     }
     if (t->world > 1) {
         dist_send_int((t->rank + 1) % t->world, 0);
@@ -186,9 +187,24 @@ static void init_params(Trainer *t, const char *path, int quiet) {
 // else starts from train.init's parameters if given. Returns the step to
 // continue from (0 for a fresh start).
 static long restore(Trainer *t, const Config *c, int quiet) {
-    char **paths, err[1024];
-    long *steps;
-    int n = strcmp(c->resume, "none") ? ckpt_list(c->workdir, &paths, &steps) : 0;
+    char **paths = NULL, err[1024];
+    long *steps = NULL;
+    // Rank 0 lists the workdir and every rank tries the same files in the
+    // same order (a shared filesystem may show the ranks different listings).
+    int n = t->rank == 0 && strcmp(c->resume, "none") ? ckpt_list(c->workdir, &paths, &steps) : 0;
+    if (t->world > 1) {
+        dist_bcast(&n, sizeof n);
+        if (t->rank != 0 && n > 0) {
+            paths = sm_calloc((size_t)n, sizeof *paths);
+            steps = sm_calloc((size_t)n, sizeof *steps);
+        }
+        for (int i = 0; i < n; i++) {
+            char buf[CFG_PATH + 64] = "";
+            if (t->rank == 0) snprintf(buf, sizeof buf, "%s", paths[i]);
+            dist_bcast(buf, sizeof buf);
+            if (t->rank != 0) paths[i] = strdup(buf);
+        }
+    }
     for (int i = 0; i < n; i++) {
         CkptInfo info;
         int rc = ckpt_load(paths[i], &t->m.pt, t->m.params, t->opt_m, t->opt_v, &info, err,
@@ -226,9 +242,15 @@ static long restore(Trainer *t, const Config *c, int quiet) {
         if (strcmp(c->resume, "latest_valid"))
             sm_die("%s\n  (nothing was changed; set train.resume=latest_valid to fall back to an "
                    "older checkpoint, or train.resume=none to start over)", err);
-        fprintf(stderr, "softmoe: warning: skipping unusable checkpoint: %s\n", err);
+        if (!quiet) fprintf(stderr, "softmoe: warning: skipping unusable checkpoint: %s\n", err);
     }
-    if (n) ckpt_list_free(paths, steps, n);
+    if (n) {
+        ckpt_list_free(paths, steps, n);
+        // A failed load may have written part of a checkpoint: start clean.
+        vit_init(&t->m, c->seed);
+        memset(t->opt_m, 0, t->m.pt.total * sizeof(float));
+        memset(t->opt_v, 0, t->m.pt.total * sizeof(float));
+    }
     if (c->init[0]) init_params(t, c->init, quiet);
     return 0;
 }
@@ -446,15 +468,17 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
             tlog = now, wait_log = wait, win_loss = 0, win = 0, st_log = st;
         }
         res->steps_done = step + 1;
-        // A signal may reach the ranks at different steps: they agree first.
-        if (t.world > 1) g_stop = dist_any(g_stop);
+        // A signal may reach the ranks at different steps: they agree once,
+        // here, and act on that decision only (a signal arriving later, even
+        // during the save below, is agreed on after the next step).
+        const int stop = t.world > 1 ? dist_any(g_stop) : g_stop;
         if ((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last) save(&t, c, step + 1);
-        if (g_stop) {
+        if (stop) {
             if (!((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last))
                 save(&t, c, step + 1);
             if (!quiet)
                 fprintf(stderr, "%ssoftmoe: signal %d: checkpoint at step %ld written to %s; "
-                        "re-run the same command to resume\n", tty ? "\n" : "", (int)g_stop,
+                        "re-run the same command to resume\n", tty ? "\n" : "", stop,
                         step + 1, c->workdir);
             res->preempted = 1;
             break;
