@@ -191,7 +191,7 @@ static int cmd_eval(int argc, char **argv) {
     long step = from_ini ? 0 : info.step;
     ckpt_info_free(&info);
     double p1, loss;
-    if (eval_val(&m, &c, &p1, &loss))
+    if (eval_val(&m, &c, &p1, &loss, NULL))
         printf("{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", step, p1, loss);
     eval_fewshot(&m, &c, step, stdout, 0);
     if (!c.val[0] && !c.n_fewshot)
@@ -253,6 +253,7 @@ int main(int argc, char **argv) {
             return 0;
         }
         fprintf(stderr, "softmoe: only train runs distributed; rank 0 runs this command alone\n");
+        dist_solo();
     }
     int rc = run(argc, argv);
     dist_finalize();

@@ -11,7 +11,8 @@
 #   - SIGTERM reaching one rank checkpoints all of them at the same step;
 #   - a fatal error on one rank ends the whole job, non-zero, within seconds;
 #   - bad dist settings stop before any work, naming the key;
-#   - with shards, a checkpoint from 2 ranks resumes on 1 at the next epoch.
+#   - with shards, a checkpoint from 2 ranks resumes on 1 at the next epoch;
+#   - evaluation split over 2 ranks equals evaluation on 1.
 #
 # Tolerances. The ranks compute the same sums in another order (per-rank
 # batch means averaged by an allreduce, expert GEMMs over all ranks' rows),
@@ -161,7 +162,7 @@ $MPI -np 3 "$BIN" train "$T/c.ini" train.workdir="$T/b3" dist.expert_parallel=1 
 
 # shards: 2 ranks read disjoint shards; their checkpoint keeps both loader
 # positions, and 1 rank resumes from it at the next epoch boundary
-"$BIN" shards synth "$T/syn/s" 64 16 >/dev/null 2>&1 || bad "shards synth"
+"$BIN" shards synth "$T/syn/s" 160 40 >/dev/null 2>&1 || bad "shards synth"
 SH="data.source=shards data.train=$T/syn/s-{000000..000003}.tar data.val=$T/syn/s-{000000..000000}.tar model.classes=10 data.pp_train=resize(8)|value_range(-1,1) data.pp_eval=resize(8)|value_range(-1,1) data.threads=1 train.steps=6 train.ckpt_every=6"
 # shellcheck disable=SC2086
 $MPI -np 2 "$BIN" train "$T/c.ini" train.workdir="$T/s2" $SH >"$T/out" 2>"$T/err" \
@@ -172,6 +173,23 @@ h5dump -d /state/loader_taken "$T/s2/ckpt-00000006.h5" | grep -q '(0): 24, 24' \
 "$BIN" train "$T/c.ini" train.workdir="$T/s2" $SH train.steps=8 >"$T/out" 2>"$T/err" \
     && grep -q "written by 2 ranks, this run has 1: the data restarts at the next epoch boundary (epoch 1)" "$T/err" \
     && ok || { bad "2-rank shard checkpoint resumed on 1 rank"; cat "$T/err"; }
+
+# evaluation split over the ranks: the same parameters (train.init, steps at
+# lr 0) evaluated by 1 rank and by 2 ranks reading half the shards each give
+# the same prec@1 and loss over the same 160 images (not 320: no image counted
+# twice); few-shot features gathered from both ranks give a result
+EV="data.val=$T/syn/s-{000000..000003}.tar train.init=$T/s2/ckpt-00000006.h5 train.steps=2 schedule.warmup_steps=0 optim.lr=0 eval.every=1 fewshot.syn=$T/syn/s-{000000..000001}.tar|$T/syn/s-{000002..000003}.tar fewshot.shots=1 fewshot.per_class=2"
+# shellcheck disable=SC2086
+"$BIN" train "$T/c.ini" train.workdir="$T/e1" $SH $EV >"$T/out" 2>"$T/err1" || { bad "eval, 1 rank"; cat "$T/err1"; }
+# shellcheck disable=SC2086
+$MPI -np 2 "$BIN" train "$T/c.ini" train.workdir="$T/e2" $SH $EV >"$T/out" 2>"$T/err2" || { bad "eval, 2 ranks"; cat "$T/err2"; }
+v1=$(grep "step 1: val prec@1" "$T/err1"); v2=$(grep "step 1: val prec@1" "$T/err2")
+echo "$v1 | $v2" | awk '{ split($0, h, "|"); split(h[1], a, " "); split(h[2], b, " ");
+    # softmoe: step 1: val prec@1 P, val loss L (N images)
+    d = a[9] - b[9]; if (d < 0) d = -d
+    exit !(a[6] == b[6] && d < 1e-4 && a[10] == "(160" && b[10] == "(160") }' \
+    && ok || bad "split evaluation: '$v1' against '$v2'"
+grep -q "\"fewshot/syn/1shot\": " "$T/e2/metrics.jsonl" && ok || { bad "few-shot on 2 ranks"; cat "$T/e2/metrics.jsonl"; }
 
 echo "mpi: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -221,3 +221,40 @@ int dist_recv_int(int from) {
 #endif
     return v;
 }
+
+size_t dist_allgather_rows(const float *x, const int *y, size_t n, int width, float **X, int **Y) {
+    size_t total = n;
+#ifdef SM_MPI
+    int *cnt = NULL, *disp = NULL;
+    if (g_world > 1) {
+        SM_CHECK(n * (size_t)width < ((size_t)1 << 31), "allgather of %zu rows too large", n);
+        cnt = sm_malloc((size_t)g_world * 2 * sizeof(int)), disp = cnt + g_world;
+        int mine = (int)n;
+        MPI_Allgather(&mine, 1, MPI_INT, cnt, 1, MPI_INT, MPI_COMM_WORLD);
+        total = 0;
+        for (int r = 0; r < g_world; r++) total += (size_t)cnt[r];
+        SM_CHECK(total * (size_t)width < ((size_t)1 << 31), "allgather of %zu rows too large", total);
+    }
+#endif
+    *X = sm_malloc((total ? total : 1) * (size_t)width * sizeof(float));
+    *Y = sm_malloc((total ? total : 1) * sizeof(int));
+#ifdef SM_MPI
+    if (g_world > 1) {
+        for (int r = 0, off = 0; r < g_world; r++) disp[r] = off, off += cnt[r];
+        MPI_Allgatherv(y, (int)n, MPI_INT, *Y, cnt, disp, MPI_INT, MPI_COMM_WORLD);
+        for (int r = 0; r < g_world; r++) cnt[r] *= width, disp[r] *= width;
+        MPI_Allgatherv(x, (int)n * width, MPI_FLOAT, *X, cnt, disp, MPI_FLOAT, MPI_COMM_WORLD);
+        free(cnt);
+        return total;
+    }
+#endif
+    if (n) {
+        memcpy(*X, x, n * (size_t)width * sizeof(float));
+        memcpy(*Y, y, n * sizeof(int));
+    }
+    return total;
+}
+
+void dist_solo(void) {
+    g_rank = 0, g_world = 1, g_ep = 1, g_ep_rank = 0;
+}

@@ -54,4 +54,12 @@ void dist_gather_u64(uint64_t v, uint64_t *all);
 void dist_send_int(int to, int v);
 int dist_recv_int(int from);
 
+// Every rank's n rows (width floats each, and one int each) concatenated in
+// rank order, on every rank: *X, *Y malloc'd; returns the total row count.
+size_t dist_allgather_rows(const float *x, const int *y, size_t n, int width, float **X, int **Y);
+
+// Under mpirun, a command that runs on rank 0 alone: from here on this
+// process is rank 0 of 1 (every collective becomes local).
+void dist_solo(void);
+
 DistStats *dist_stats(void);

@@ -7,18 +7,42 @@
 
 #include "../core/common.h"
 #include "../data/loader.h"
+#include "../dist/dist.h"
+#include "../model/layers.h"
 #include "fewshot.h"
 
 const char *eval_source_kind(const char *paths) { return strstr(paths, ".tar") ? "shards" : "folder"; }
 
+// Under MPI each rank reads its share of the shards (or folder files).
 static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class) {
     LoaderSpec sp = loader_spec_config(c, 0);
     sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = K, sp.B = m->B;
     sp.quiet = 1, sp.per_class = per_class;
+    sp.rank = dist_rank(), sp.world = dist_world();
     char err[1024];
     Loader *l = loader_open(&sp, err, sizeof err);
     if (!l) sm_die("%s (evaluation data '%s')", err, paths);
     return l;
+}
+
+// The next evaluation batch of this rank (none once *done), padded so that
+// every rank runs the same forwards with the same batch size: the Soft MoE
+// all-to-alls pair up across ranks, and an image's outputs do not depend on
+// the others in its batch, so zero images are harmless filler. Returns the
+// batch to run (0: every rank is done); *got: this rank's real images.
+static int next_eval_batch(Loader *l, const Vit *m, float *img, float *tgt, int *lab, int *done,
+                           int *got) {
+    const VitDims *d = &m->d;
+    int g = *done ? 0 : loader_next(l, img, tgt, lab);
+    if (g <= 0) g = 0, *done = 1;
+    int B = dist_any(g);  // the largest batch of any rank
+    size_t px = (size_t)d->S * d->S * d->C;
+    if (g < B) {
+        memset(img + (size_t)g * px, 0, (size_t)(B - g) * px * sizeof(float));
+        if (tgt) memset(tgt + (size_t)g * d->K, 0, (size_t)(B - g) * d->K * sizeof(float));
+    }
+    *got = g;
+    return B;
 }
 
 int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y) {
@@ -26,14 +50,14 @@ int eval_features(Vit *m, const Config *c, const char *paths, int per_class, flo
     Loader *l = open_eval(m, c, paths, 0, per_class);
     float *img = sm_aligned((size_t)B * m->d.S * m->d.S * m->d.C * sizeof(float));
     int *lab = sm_malloc((size_t)B * sizeof(int)), *count = NULL, ncount = 0;
-    int n = 0, cap = 0, got, full = 0;
+    int n = 0, cap = 0, got, full = 0, done = 0, Bs;
     long since_new = 0;  // samples read since a class last gained an image
-    *X = NULL, *y = NULL;
+    float *Xl = NULL;
+    int *yl = NULL;
     // Shards carry no class count: with a per-class cap, stop once every
     // class seen is full and 20 caps' worth of samples brought nothing new.
-    while (!(per_class > 0 && full == ncount && since_new > 20L * per_class) &&
-           (got = loader_next(l, img, NULL, lab)) > 0) {
-        vit_forward(m, img, NULL, got);
+    while ((Bs = next_eval_batch(l, m, img, NULL, lab, &done, &got)) > 0) {
+        vit_forward(m, img, NULL, Bs);
         for (int b = 0; b < got; b++) {
             int k = lab[b];
             if (k >= ncount) {
@@ -50,16 +74,38 @@ int eval_features(Vit *m, const Config *c, const char *paths, int per_class, flo
             full += ++count[k] == per_class;
             if (n == cap) {
                 cap = cap ? 2 * cap : 1024;
-                *X = realloc(*X, (size_t)cap * D * sizeof(float));
-                *y = realloc(*y, (size_t)cap * sizeof(int));
-                SM_CHECK(*X && *y, "out of memory collecting features of '%s'", paths);
+                Xl = realloc(Xl, (size_t)cap * D * sizeof(float));
+                yl = realloc(yl, (size_t)cap * sizeof(int));
+                SM_CHECK(Xl && yl, "out of memory collecting features of '%s'", paths);
             }
-            memcpy(*X + (size_t)n * D, m->a.pooled + (size_t)b * D, (size_t)D * sizeof(float));
-            (*y)[n++] = k;
+            memcpy(Xl + (size_t)n * D, m->a.pooled + (size_t)b * D, (size_t)D * sizeof(float));
+            yl[n++] = k;
         }
+        if (per_class > 0 && full == ncount && since_new > 20L * per_class) done = 1;
     }
     loader_close(l);
     free(img), free(lab), free(count);
+    // Every rank gets every rank's features (in rank order); the cap is then
+    // applied again over the whole set, since each rank capped its own share.
+    float *Xa;
+    int *ya;
+    size_t na = dist_allgather_rows(Xl, yl, (size_t)n, D, &Xa, &ya);
+    free(Xl), free(yl);
+    n = 0;
+    if (per_class > 0) {
+        int kmax = 0;
+        for (size_t i = 0; i < na; i++) kmax = ya[i] + 1 > kmax ? ya[i] + 1 : kmax;
+        int *cnt = sm_calloc((size_t)kmax + 1, sizeof(int));
+        for (size_t i = 0; i < na; i++) {
+            if (cnt[ya[i]]++ >= per_class) continue;
+            if ((size_t)n != i) memmove(Xa + (size_t)n * D, Xa + i * D, (size_t)D * sizeof(float));
+            ya[n++] = ya[i];
+        }
+        free(cnt);
+    } else {
+        n = (int)na;
+    }
+    *X = Xa, *y = ya;
     SM_CHECK(n > 0, "evaluation data '%s' gave no usable image", paths);
     return n;
 }
@@ -75,25 +121,28 @@ int eval_correct(const float *logits, const float *targets, int B, int K) {
     return correct;
 }
 
-int eval_val(Vit *m, const Config *c, double *prec1, double *loss) {
+int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n) {
     if (!c->val[0]) return 0;
     const VitDims *d = &m->d;
     Loader *l = open_eval(m, c, c->val, d->K, 0);
     float *img = sm_aligned((size_t)m->B * d->S * d->S * d->C * sizeof(float));
     float *tgt = sm_malloc((size_t)m->B * d->K * sizeof(float));
-    long correct = 0, seen = 0;
-    double lsum = 0;
-    int B;
-    while ((B = loader_next(l, img, tgt, NULL)) > 0) {
-        lsum += vit_forward(m, img, tgt, B) * B;
-        correct += eval_correct(m->a.logits, tgt, B, d->K);
-        seen += B;
+    double v[3] = {0, 0, 0};  // correct, seen, loss sum (summed over ranks)
+    int Bs, got, done = 0;
+    while ((Bs = next_eval_batch(l, m, img, tgt, NULL, &done, &got)) > 0) {
+        vit_forward(m, img, NULL, Bs);
+        if (got == 0) continue;
+        v[2] += loss_forward(NULL, m->a.logits, tgt, got, d->K, d->loss) * got;
+        v[0] += eval_correct(m->a.logits, tgt, got, d->K);
+        v[1] += got;
     }
     loader_close(l);
     free(img), free(tgt);
-    SM_CHECK(seen > 0, "data.val '%s' gave no usable sample", c->val);
-    *prec1 = (double)correct / (double)seen;
-    *loss = lsum / (double)seen;
+    dist_sum(v, 3);
+    SM_CHECK(v[1] > 0, "data.val '%s' gave no usable sample", c->val);
+    if (n) *n = (long)v[1];
+    *prec1 = v[0] / v[1];
+    *loss = v[2] / v[1];
     return 1;
 }
 

@@ -13,17 +13,20 @@ const char *eval_source_kind(const char *paths);
 
 // Pre-logits features (n, D) and first labels of `paths` read once in order
 // with the eval preprocessing, at most per_class images per class (0: all),
-// in batches of m->B. *X, *y malloc'd. Returns n; dies naming the source on
-// errors.
+// in batches of m->B. Under MPI the ranks split the data and every rank gets
+// all features, in rank order (collective). *X, *y malloc'd. Returns n; dies
+// naming the source on errors.
 int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y);
 
 // How many of B images have their top logit on one of their labels:
 // logits and targets (B,K).
 int eval_correct(const float *logits, const float *targets, int B, int K);
 
-// prec@1 (top class among the labels) and mean loss over data.val. Returns 0
-// when data.val is not set.
-int eval_val(Vit *m, const Config *c, double *prec1, double *loss);
+// prec@1 (top class among the labels) and mean loss over data.val, and the
+// number of images in *n (if not NULL). Under MPI the ranks split the data
+// and every rank gets the totals (collective). Returns 0 when data.val is
+// not set.
+int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n);
 
 // Few-shot accuracy for every configured dataset and shot count, written as
 // one JSON line {"step": s, "fewshot/<name>/<k>shot": acc, ...} to out (if

@@ -336,10 +336,11 @@ static void progress(long step, long steps, double loss, double lr, double ips, 
 // Writes one evaluation line to metrics.jsonl (and stderr).
 static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet, double *prec1,
                      double *loss) {
+    long n = 1024;
     if (t->ld) {
-        if (!eval_val(&t->m, c, prec1, loss)) return;
+        if (!eval_val(&t->m, c, prec1, loss, &n)) return;
     } else {
-        evaluate(t, c, 1024, prec1, loss);
+        evaluate(t, c, (int)n, prec1, loss);
     }
     if (mf) {
         fprintf(mf, "{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", step, *prec1,
@@ -347,7 +348,8 @@ static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet
         fflush(mf);
     }
     if (!quiet)
-        fprintf(stderr, "softmoe: step %ld: val prec@1 %.4f, val loss %.4f\n", step, *prec1, *loss);
+        fprintf(stderr, "softmoe: step %ld: val prec@1 %.4f, val loss %.4f (%ld images)\n", step,
+                *prec1, *loss, n);
 }
 
 // Under MPI: what this rank holds, and (rank 0) the bytes a step moves.
