@@ -81,6 +81,11 @@ same_as_one() {
         && h5diff -d 2e-2 "$T/w1/$CK" "$1/$CK" /params/Encoder/encoderblock_0/SelfAttention/key/bias >>"$T/diff" 2>&1 \
         && h5diff -d 2e-2 "$T/w1/$CK" "$1/$CK" /params/Encoder/encoderblock_1/SelfAttention/key/bias >>"$T/diff" 2>&1 \
         && ok || { bad "$2: parameters differ from the 1-rank run"; head -30 "$T/diff"; }
+    # the final evaluation (1024 held-out images, split over the ranks)
+    v1=$(grep '"val/loss"' "$T/w1/metrics.jsonl" | tail -1 | sed -E 's/.*"val\/prec@1": ([^,]*), "val\/loss": ([^}]*)}/\1 \2/')
+    v2=$(grep '"val/loss"' "$1/metrics.jsonl" | tail -1 | sed -E 's/.*"val\/prec@1": ([^,]*), "val\/loss": ([^}]*)}/\1 \2/')
+    echo "$v1 $v2" | awk '{ d = $2 - $4; if (d < 0) d = -d; exit !(NF == 4 && $1 == $3 && d < 1e-5) }' \
+        && ok || bad "$2: final val '$v2', 1 rank '$v1'"
     a=$(loss20 "$T/w1"); b=$(loss20 "$1")
     awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; exit !(a != "" && d < 1e-5 && d > -1e-5) }' \
         && ok || bad "$2: step-20 loss $b, 1 rank $a"

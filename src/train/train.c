@@ -303,25 +303,31 @@ static void trainer_free(Trainer *t) {
     loader_close(t->ld);
 }
 
-static void score(Trainer *t, int B, long *correct, double *lsum) {
-    *lsum += vit_forward(&t->m, t->images, t->targets, B) * B;
-    *correct += eval_correct(t->m.a.logits, t->targets, B, t->m.d.K);
-}
-
-// prec@1 and mean loss over n held-out synthetic images.
+// prec@1 and mean loss over n held-out synthetic images. Under MPI batch k
+// goes to rank k % W; in a round where some rank has no batch left it runs a
+// zero batch of the round's size, so the all-to-alls still pair up.
 static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *loss) {
     const VitDims *d = &t->m.d;
-    long correct = 0, seen = 0;
-    double lsum = 0;
-    for (int i = 0; i < n; i += t->B) {
-        int B = n - i < t->B ? n - i : t->B;
-        synthetic_batch(t->images, t->targets, NULL, B, d->S, d->C, d->K, c->seed,
-                        SYN_VAL_OFFSET + (uint64_t)i);
-        score(t, B, &correct, &lsum);
-        seen += B;
+    const size_t px = (size_t)d->S * d->S * d->C;
+    double v[3] = {0, 0, 0};  // correct, seen, loss sum
+    const int nb = (n + t->B - 1) / t->B;
+    for (int k0 = 0; k0 < nb; k0 += t->world) {
+        int k = k0 + t->rank, i = k * t->B;
+        int got = k < nb ? (n - i < t->B ? n - i : t->B) : 0;
+        int B = dist_any(got);
+        if (got)
+            synthetic_batch(t->images, t->targets, NULL, got, d->S, d->C, d->K, c->seed,
+                            SYN_VAL_OFFSET + (uint64_t)i);
+        memset(t->images + (size_t)got * px, 0, (size_t)(B - got) * px * sizeof(float));
+        vit_forward(&t->m, t->images, NULL, B);
+        if (!got) continue;
+        v[0] += eval_correct(t->m.a.logits, t->targets, got, d->K);
+        v[1] += got;
+        v[2] += loss_forward(NULL, t->m.a.logits, t->targets, got, d->K, d->loss) * got;
     }
-    *prec1 = (double)correct / (double)seen;
-    *loss = lsum / (double)seen;
+    dist_sum(v, 3);
+    *prec1 = v[0] / v[1];
+    *loss = v[2] / v[1];
 }
 
 static void progress(long step, long steps, double loss, double lr, double ips, double wait,
