@@ -173,11 +173,11 @@ void dist_sum_ep(double *x, int n) {
 #endif
 }
 
-int dist_any(int flag) {
+int dist_max(int v) {
 #ifdef SM_MPI
-    if (g_world > 1) MPI_Allreduce(MPI_IN_PLACE, &flag, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (g_world > 1) MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 #endif
-    return flag;
+    return v;
 }
 
 void dist_bcast(void *p, size_t bytes) {
@@ -194,14 +194,14 @@ void dist_barrier(void) {
 #endif
 }
 
-void dist_gather_u64(uint64_t v, uint64_t *all) {
+void dist_gather_u64(const uint64_t *v, int n, uint64_t *all) {
 #ifdef SM_MPI
     if (g_world > 1) {
-        MPI_Gather(&v, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+        MPI_Gather(v, n, MPI_UINT64_T, all, n, MPI_UINT64_T, 0, MPI_COMM_WORLD);
         return;
     }
 #endif
-    if (all) all[0] = v;
+    if (all) memcpy(all, v, (size_t)n * sizeof *v);
 }
 
 void dist_send_int(int to, int v) {

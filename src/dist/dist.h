@@ -44,12 +44,14 @@ void dist_allreduce_replicas(float *x, size_t n);
 // In-place sums of a few doubles: over all ranks, or over the expert group.
 void dist_sum(double *x, int n);
 void dist_sum_ep(double *x, int n);
-// Logical or of a flag over all ranks (e.g. a signal that reached some ranks).
-int dist_any(int flag);
+// The largest value over all ranks: a logical or for flags (a signal that
+// reached some ranks), the largest batch of an evaluation round.
+int dist_max(int v);
 void dist_bcast(void *p, size_t bytes);       // from rank 0
 void dist_barrier(void);
-// Rank 0 receives every rank's value (all: W entries); others pass all = NULL.
-void dist_gather_u64(uint64_t v, uint64_t *all);
+// Rank 0 receives every rank's n values in rank order (all: W*n entries);
+// the others pass all = NULL.
+void dist_gather_u64(const uint64_t *v, int n, uint64_t *all);
 // Point-to-point hand-over of a small status (ordered writes to one file).
 void dist_send_int(int to, int v);
 int dist_recv_int(int from);

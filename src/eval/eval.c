@@ -35,7 +35,7 @@ static int next_eval_batch(Loader *l, const Vit *m, float *img, float *tgt, int 
     const VitDims *d = &m->d;
     int g = *done ? 0 : loader_next(l, img, tgt, lab);
     if (g <= 0) g = 0, *done = 1;
-    int B = dist_any(g);  // the largest batch of any rank
+    int B = dist_max(g);  // the largest batch of any rank
     size_t px = (size_t)d->S * d->S * d->C;
     if (g < B) {
         memset(img + (size_t)g * px, 0, (size_t)(B - g) * px * sizeof(float));

@@ -82,7 +82,7 @@ static double global_sumsq(const Trainer *t, const float *block) {
 // norm of that mean, and the caller folds 1/W into Adam's gradient scale.
 static double sync_grads(Trainer *t) {
     float *g = t->m.grads;
-    for (int i = 0; i < t->nseg && t->world > 1; i++) {
+    for (int i = 0; i < t->nseg; i++) {
         if (t->seg[i].expert) dist_allreduce_replicas(g + t->seg[i].off, t->seg[i].len);
         else dist_allreduce(g + t->seg[i].off, t->seg[i].len);
     }
@@ -97,14 +97,12 @@ static void save(Trainer *t, const Config *c, long step) {
     char cfg[1 << 16], err[1024], final[CFG_PATH + 64], tmp[CFG_PATH + 64];
     config_to_ini(c, cfg, sizeof cfg);
     LoaderPos mine = t->ld ? loader_pos(t->ld) : (LoaderPos){0, 0};
-    uint64_t *pos = t->rank == 0 ? sm_malloc((size_t)t->world * 2 * sizeof(uint64_t)) : NULL;
-    dist_gather_u64(mine.epoch, pos);
-    dist_gather_u64(mine.taken, pos ? pos + t->world : NULL);
-    LoaderPos *all = NULL;
-    if (t->rank == 0) {
-        all = sm_malloc((size_t)t->world * sizeof(LoaderPos));
-        for (int r = 0; r < t->world; r++) all[r] = (LoaderPos){pos[r], pos[t->world + r]};
-    }
+    uint64_t me[2] = {mine.epoch, mine.taken};
+    LoaderPos *all = t->rank == 0 ? sm_malloc((size_t)t->world * sizeof(LoaderPos)) : NULL;
+    uint64_t *flat = t->rank == 0 ? sm_malloc((size_t)t->world * 2 * sizeof(uint64_t)) : NULL;
+    dist_gather_u64(me, 2, flat);
+    for (int r = 0; all && r < t->world; r++) all[r] = (LoaderPos){flat[2 * r], flat[2 * r + 1]};
+    free(flat);
     CkptOut o = {.step = step, .world_size = t->world, .config = cfg, .pt = &t->m.pt,
                  .params = t->m.params, .m = t->opt_m, .v = t->opt_v, .pos = mine,
                  .pos_all = all, .skipped = skipped(t)};
@@ -126,7 +124,7 @@ static void save(Trainer *t, const Config *c, long step) {
         ckpt_prune(c->workdir, c->keep_ckpts, c->keep_every);
     }
     dist_barrier();
-    free(pos), free(all);
+    free(all);
 }
 
 // One tensor of train.init whose shape differs: a classifier head for other
@@ -182,6 +180,13 @@ static void init_params(Trainer *t, const char *path, int quiet) {
     if (!quiet) fprintf(stderr, "softmoe: initialised from %s\n", path);
 }
 
+// Step-0 state: parameters from the seed, Adam moments zero.
+static void fresh_state(Trainer *t, const Config *c) {
+    vit_init(&t->m, c->seed);
+    memset(t->opt_m, 0, t->m.pt.total * sizeof(float));
+    memset(t->opt_v, 0, t->m.pt.total * sizeof(float));
+}
+
 // Resumes from the newest checkpoint in the workdir that loads (train.resume
 // = latest: the newest or an error; latest_valid: fall back to older ones),
 // else starts from train.init's parameters if given. Returns the step to
@@ -211,7 +216,7 @@ static long restore(Trainer *t, const Config *c, int quiet) {
                            sizeof err);
         // Every rank reads its own experts: all must succeed, or all move on
         // together (a rank resuming elsewhere would silently train on).
-        if (dist_any(rc != 0) && rc == 0) {
+        if (dist_max(rc != 0) && rc == 0) {
             ckpt_info_free(&info);
             snprintf(err, sizeof err, "checkpoint '%s' could not be read on another rank (see its "
                      "message)", paths[i]);
@@ -246,10 +251,7 @@ static long restore(Trainer *t, const Config *c, int quiet) {
     }
     if (n) {
         ckpt_list_free(paths, steps, n);
-        // A failed load may have written part of a checkpoint: start clean.
-        vit_init(&t->m, c->seed);
-        memset(t->opt_m, 0, t->m.pt.total * sizeof(float));
-        memset(t->opt_v, 0, t->m.pt.total * sizeof(float));
+        fresh_state(t, c);  // a failed load may have written part of a checkpoint
     }
     if (c->init[0]) init_params(t, c->init, quiet);
     return 0;
@@ -279,12 +281,10 @@ static void trainer_setup(Trainer *t, const Config *c) {
     if (dist_set_ep(c->expert_parallel, c->experts, err, sizeof err) != 0) sm_die("%s", err);
     vit_build(&t->m, c);
     vit_alloc(&t->m, t->B);
-    vit_init(&t->m, c->seed);
     size_t n = t->m.pt.total;
     t->opt_m = sm_aligned(n * sizeof(float));
     t->opt_v = sm_aligned(n * sizeof(float));
-    memset(t->opt_m, 0, n * sizeof(float));
-    memset(t->opt_v, 0, n * sizeof(float));
+    fresh_state(t, c);
     make_segments(t);
     WdRule rules[WD_MAX_RULES];
     int nr = wd_parse(c->wd, rules, WD_MAX_RULES, err, sizeof err);
@@ -314,7 +314,7 @@ static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *
     for (int k0 = 0; k0 < nb; k0 += t->world) {
         int k = k0 + t->rank, i = k * t->B;
         int got = k < nb ? (n - i < t->B ? n - i : t->B) : 0;
-        int B = dist_any(got);
+        int B = dist_max(got);
         if (got)
             synthetic_batch(t->images, t->targets, NULL, got, d->S, d->C, d->K, c->seed,
                             SYN_VAL_OFFSET + (uint64_t)i);
@@ -358,8 +358,16 @@ static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet
                 *prec1, *loss, n);
 }
 
-// Under MPI: what this rank holds, and (rank 0) the bytes a step moves.
-static void report_layout(const Trainer *t, const Config *c) {
+// acc += now - before, field by field.
+static void add_since(DistStats *acc, const DistStats *before, const DistStats *now) {
+    acc->t_a2a += now->t_a2a - before->t_a2a, acc->t_ar += now->t_ar - before->t_ar;
+    acc->a2a_bytes += now->a2a_bytes - before->a2a_bytes;
+    acc->ar_bytes += now->ar_bytes - before->ar_bytes;
+    acc->n_a2a += now->n_a2a - before->n_a2a, acc->n_ar += now->n_ar - before->n_ar;
+}
+
+// Under MPI: the batch, experts and parameters this rank holds.
+static void report_layout(const Trainer *t) {
     const ParamTable *pt = &t->m.pt;
     size_t held = 0, whole = 0;
     for (int i = 0; i < pt->n; i++) held += pt->t[i].numel, whole += ptable_global_numel(&pt->t[i]);
@@ -391,7 +399,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         t.ld = loader_open(&sp, err, sizeof err);
         if (!t.ld) sm_die("%s (data.train)", err);
     }
-    if (t.world > 1 && !quiet_arg) report_layout(&t, c);
+    if (t.world > 1 && !quiet_arg) report_layout(&t);
     long start = restore(&t, c, quiet);
     sm_mkdirs(c->workdir);
     char path[CFG_PATH + 64];
@@ -439,9 +447,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         double lr = sched_lr(c, step);
         adam_update_zero(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1,
                          c->b2, c->eps, step + 1, clip_factor(gnorm, c->clip) / (float)t.world);
-        st.t_a2a += ds->t_a2a - before.t_a2a, st.t_ar += ds->t_ar - before.t_ar;
-        st.a2a_bytes += ds->a2a_bytes - before.a2a_bytes, st.ar_bytes += ds->ar_bytes - before.ar_bytes;
-        st.n_a2a += ds->n_a2a - before.n_a2a, st.n_ar += ds->n_ar - before.n_ar;
+        add_since(&st, &before, ds);
         t_steps += sm_now() - td;
         win_loss += loss, win++;
         if (step == start) {
@@ -479,7 +485,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         // A signal may reach the ranks at different steps: they agree once,
         // here, and act on that decision only (a signal arriving later, even
         // during the save below, is agreed on after the next step).
-        const int stop = t.world > 1 ? dist_any(g_stop) : g_stop;
+        const int stop = t.world > 1 ? dist_max(g_stop) : g_stop;
         if ((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last) save(&t, c, step + 1);
         if (stop) {
             if (!((c->ckpt_every > 0 && (step + 1) % c->ckpt_every == 0) || last))
