@@ -12,7 +12,8 @@
 #   - a fatal error on one rank ends the whole job, non-zero, within seconds;
 #   - bad dist settings stop before any work, naming the key;
 #   - with shards, a checkpoint from 2 ranks resumes on 1 at the next epoch;
-#   - evaluation split over 2 ranks equals evaluation on 1.
+#   - evaluation split over 2 ranks equals evaluation on 1;
+#   - other commands under mpirun run once, on rank 0.
 #
 # Tolerances. The ranks compute the same sums in another order (per-rank
 # batch means averaged by an allreduce, expert GEMMs over all ranks' rows),
@@ -195,6 +196,12 @@ echo "$v1 | $v2" | awk '{ split($0, h, "|"); split(h[1], a, " "); split(h[2], b,
     exit !(a[6] == b[6] && d < 1e-4 && a[10] == "(160" && b[10] == "(160") }' \
     && ok || bad "split evaluation: '$v1' against '$v2'"
 grep -q "\"fewshot/syn/1shot\": " "$T/e2/metrics.jsonl" && ok || { bad "few-shot on 2 ranks"; cat "$T/e2/metrics.jsonl"; }
+
+# commands other than train run once, on rank 0, as a world of one
+$MPI -np 2 "$BIN" params "$T/c.ini" >"$T/out" 2>"$T/err" \
+    && [ "$(grep -c '^params: ' "$T/out")" = 1 ] && grep -q "^params: $total$" "$T/out" \
+    && grep -q "rank 0 runs this command alone" "$T/err" \
+    && ok || { bad "params under mpirun"; cat "$T/out" "$T/err"; }
 
 echo "mpi: $pass passed, $fail failed"
 [ "$fail" = 0 ]
