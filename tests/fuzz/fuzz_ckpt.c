@@ -22,10 +22,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[2048];
     CkptInfo info;
     memset(&info, 0, sizeof info);
-    if (ckpt_load(path, &pt, block, block + pt.total, block + 2 * pt.total, &info, err, sizeof err) == 0)
-        ckpt_info_free(&info);
-    else if (!strstr(err, path))
-        abort();
+    int rc = ckpt_load(path, &pt, block, block + pt.total, block + 2 * pt.total, &info, err, sizeof err);
+    if (getenv("FUZZ_VERBOSE")) fprintf(stderr, "ckpt_load: %s\n", rc == 0 ? "ok" : err);
+    if (rc == 0) ckpt_info_free(&info);
+    else if (!strstr(err, path)) abort();
     float *any = NULL;
     int ndim = 0;
     long dims[8];
