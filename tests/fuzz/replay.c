@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
             n++;
         }
         closedir(dir);
-        qsort(names, (size_t)n, sizeof *names, cmp);  // a stable order, for reports
+        if (n > 1) qsort(names, (size_t)n, sizeof *names, cmp);  // a stable order, for reports
         for (int i = 0; i < n; i++) {
             struct stat st;
             if (stat(names[i], &st) == 0 && S_ISREG(st.st_mode)) {
