@@ -121,6 +121,7 @@ FUZZ_S     ?= 60
 FUZZ_BUILD ?= build-fuzz
 FUZZ_FLAGS ?= -timeout=20 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
 fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang: WITH_FUZZ=1 make deps"; exit 1; }
 	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang FUZZ=1 NO_MPI=1 fuzz-bins
 	@status=0; for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t tests/fuzz/crashes/$$t; \
