@@ -50,15 +50,16 @@ int config_read_file(const char *path, char **text, size_t *len, int *line, char
                  (long long)st.st_size, CONFIG_MAX_FILE);
         return -1;
     }
-    // One byte beyond the cap shows a file that grew since fstat.
-    char *buf = malloc(CONFIG_MAX_FILE + 2);
+    // One byte beyond the size fstat gave shows a file that grew meanwhile.
+    size_t want = (size_t)st.st_size + 1;
+    char *buf = malloc(want + 1);
     if (!buf) {
         close(fd);
         return why_fail(why, whylen, "out of memory");
     }
     size_t n = 0;
-    while (n <= CONFIG_MAX_FILE) {
-        ssize_t got = read(fd, buf + n, CONFIG_MAX_FILE + 1 - n);
+    while (n < want) {
+        ssize_t got = read(fd, buf + n, want - n);
         if (got == 0) break;
         if (got < 0) {
             if (errno == EINTR) continue;
@@ -71,9 +72,9 @@ int config_read_file(const char *path, char **text, size_t *len, int *line, char
         n += (size_t)got;
     }
     close(fd);  // read-only: a failing close loses nothing
-    if (n > CONFIG_MAX_FILE) {
+    if (n == want) {
         free(buf);
-        return why_fail(why, whylen, "grew beyond 1 MiB while being read");
+        return why_fail(why, whylen, "grew while being read");
     }
     buf[n] = '\0';
     const char *nul = memchr(buf, '\0', n);
