@@ -336,6 +336,8 @@ static void check_eval_source(const Config *c, const char *paths, const char *ke
 static void check_sources(const Config *c) {
     char err[1024];
     if (strcmp(c->source, "synthetic")) {
+        if (c->channels != 1 && c->channels != 3)
+            sm_die("model.channels = %d: images are decoded as gray (1) or RGB (3)", c->channels);
         LoaderSpec sp = loader_spec_config(c, 1);
         if (loader_check(&sp, err, sizeof err) != 0) sm_die("%s (data.train)", err);
         if (c->val[0]) check_eval_source(c, c->val, "data.val");
@@ -517,6 +519,8 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     Trainer t;
     trainer_setup(&t, c);
     if (strcmp(c->source, "synthetic")) {
+        if (c->channels != 1 && c->channels != 3)
+            sm_die("model.channels = %d: images are decoded as gray (1) or RGB (3)", c->channels);
         LoaderSpec sp = loader_spec_config(c, 1);
         sp.quiet = quiet_arg;
         sp.B = t.B, sp.rank = t.rank, sp.world = t.world;
