@@ -258,7 +258,7 @@ int ckpt_write_new(const char *tmp, const CkptOut *c, char *err, size_t n) {
     quiet_hdf5();
     err[0] = '\0';
     char bad[PARAM_NAME + 16];
-    if (ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
+    if (!c->finite_checked && ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
         return sm_fail(err, n, "step %ld: %s holds a non-finite value (NaN or Inf): no checkpoint "
                        "written (the previous one stays the newest); training diverged, lower "
                        "optim.lr or check the data", c->step, bad);
@@ -304,7 +304,7 @@ int ckpt_write_experts(const char *tmp, const CkptOut *c, char *err, size_t n) {
     quiet_hdf5();
     err[0] = '\0';
     char bad[PARAM_NAME + 16];
-    if (ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
+    if (!c->finite_checked && ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
         return sm_fail(err, n, "step %ld: %s holds a non-finite value (NaN or Inf): no checkpoint "
                        "written", c->step, bad);
     hid_t fapl = strong_fapl();

@@ -26,6 +26,7 @@ typedef struct {
     LoaderPos pos;                 // loader position of rank 0 (epoch, taken)
     const LoaderPos *pos_all;      // or, when set, world_size positions, one per rank
     uint64_t skipped;
+    int finite_checked;            // the caller ran ckpt_first_nonfinite on every rank
 } CkptOut;
 
 // Writes WORKDIR/ckpt-{step:08d}.h5. Returns 0, or -1 with err naming the

@@ -113,7 +113,7 @@ static void save(Trainer *t, const Config *c, long step) {
     free(flat);
     CkptOut o = {.step = step, .world_size = t->world, .config = cfg, .pt = &t->m.pt,
                  .params = t->m.params, .m = t->opt_m, .v = t->opt_v, .pos = mine,
-                 .pos_all = all, .skipped = skipped(t)};
+                 .pos_all = all, .skipped = skipped(t), .finite_checked = 1};
     ckpt_paths(c->workdir, step, final, tmp, sizeof final);
     // No checkpoint holds a NaN or Inf: every rank checks what it holds
     // before anything is written, and the run stops naming the tensor.
