@@ -16,6 +16,7 @@
 
 #define CKPT_FORMAT "softmoe"
 #define CKPT_VERSION 1
+#define CKPT_MAX_WORLD (1 << 20)   // ranks a checkpoint may declare
 
 typedef struct {
     long step;
