@@ -109,9 +109,19 @@ $(BUILD)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_HDRS) $(
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/fuzz tests/fuzz/replay.c $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
 
+# Helpers of the shell tests: the fault-injection shim (LD_PRELOAD) and a
+# checkpoint damager, both used by tests/test_faults.sh.
+HELPERS := $(BUILD)/tests/faultinj.so $(BUILD)/tests/h5edit
+$(BUILD)/tests/faultinj.so: tests/faultinj.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+$(BUILD)/tests/h5edit: tests/h5edit.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LDLIBS)
+
 # Tests: one executable per module plus shell tests of the command, summed
 # into one closing line by scripts/run-tests.sh.
-test: found $(BIN) $(TESTS) $(REPLAYS)
+test: found $(BIN) $(TESTS) $(HELPERS) $(REPLAYS)
 	@sh scripts/run-tests.sh $(BIN) $(TESTS)
 
 # make fuzz FUZZ_S=60: each harness for FUZZ_S seconds, one after the other
