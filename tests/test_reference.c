@@ -93,8 +93,10 @@ static void check_case(const char *name) {
         const FixTensor *cw = fixture_need(f, "debug/moe_combine", FIX_F32);
         const FixTensor *xs = fixture_need(f, "debug/moe_slots_in", FIX_F32);
         ck_assert_uint_eq(dw->numel, (size_t)B * m.d.N * m.d.ES);
-        double e1 = sm_rel_err(ma->dw, dw->data, dw->numel, 0);
-        double e2 = sm_rel_err(ma->cw, cw->data, cw->numel, 0);
+        const float *our_dw, *our_cw;
+        moe_soft_weights(ma, vit_moe_dims(&m.d, B), &our_dw, &our_cw);
+        double e1 = sm_rel_err(our_dw, dw->data, dw->numel, 0);
+        double e2 = sm_rel_err(our_cw, cw->data, cw->numel, 0);
         // our slots are expert-major (E,B*P,D); the reference's are (B,S,D)
         double e3 = 0, mx = 0;
         const int P = m.d.EP, D = m.d.D;
