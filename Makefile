@@ -105,7 +105,7 @@ FMNIST     := data/fmnist
 $(FMNIST)/test-000000.tar: | $(BIN)
 	$(BIN) shards fmnist $(FMNIST_IDX) $(FMNIST) 10000
 
-train: found $(BIN) $(if $(filter fmnist_softmoe finetune_fmnist,$(CONFIG)),$(FMNIST)/test-000000.tar)
+train: found $(BIN) $(if $(filter fmnist_softmoe fmnist_tokens_choice fmnist_experts_choice finetune_fmnist,$(CONFIG)),$(FMNIST)/test-000000.tar)
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)
 
 # ViT-S/16 at 224 px, batch 8, 1000 classes: dense, Soft MoE 32x4 and 128x1

@@ -140,7 +140,7 @@ static int capacity(const Config *c, int N) {
     const double t = (double)c->group_size * N;
     const int tc = !strcmp(c->router, "tokens_choice");
     double x = tc ? t * c->k * c->capacity_factor / c->experts : t * c->capacity_factor / c->experts;
-    long C = tc ? (long)ceil(x - 1e-9) : lround(x);
+    long C = tc ? (long)ceil(x - 1e-9) : (long)rint(x);  // rint: half to even, as Python round
     if (C < 1) C = 1;
     C += (c->capacity_multiple_of - C % c->capacity_multiple_of) % c->capacity_multiple_of;
     if (!tc && C > (long)t) C = (long)t;  // an expert cannot take more tokens than the group has
