@@ -414,7 +414,7 @@ START_TEST(test_module_key_origin) {
     ASSERT_HAS(m, "spin");
     override_fails("data.pp_eval=central_crop(", "data.pp_eval");
     ASSERT_HAS(load_fails("ro.ini", "[moe]\nexperts = 4\n\nrouter = bogus\n"), "ro.ini:4: moe.router");
-    // A router the model does not build (yet) names where it was asked for.
+    // If the model refuses a router setting, the error names where it was given.
     char *ov[] = {"moe.experts=4", "moe.router=tokens_choice"};
     if (config_load(&c, NULL, 2, ov, err, sizeof err) != 0) ASSERT_HAS(err, "command line: moe.router");
     ASSERT_HAS(load_fails("dp.ini", "[model]\ndepth = 100000\n"), "dp.ini:2: model.depth");
