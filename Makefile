@@ -65,7 +65,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench bench-experts bench-mpi clean fuzz fuzz-bins fuzz-seeds
+.PHONY: all deps found test train bench bench-experts bench-mpi paper clean fuzz fuzz-bins fuzz-seeds
 all: found $(BIN)
 
 found:
@@ -180,6 +180,16 @@ bench: found $(BIN)
 	$(BIN) bench configs/vit_s16_experts_choice.ini $(S16) moe.capacity_factor=0.65 $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) $(ARGS)
 	$(BIN) bench configs/fmnist_softmoe.ini $(ARGS)
+
+# The paper's comparisons at small scale (scripts/paper.sh): dense ViTs, Soft
+# MoE, Tokens Choice, Experts Choice and the routing ablations on
+# Fashion-MNIST, then the plots (scripts/plot.py paper) beside results.csv.
+# PAPER_STEPS=N and PAPER_ONLY="patterns" for quick tries.
+paper: found $(BIN) $(FMNIST)/test-000000.tar
+	sh scripts/paper.sh
+	@if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then \
+	  /usr/bin/python3 scripts/plot.py paper $${PAPER_OUT:-runs/paper}/results.csv; \
+	else echo "SKIP: paper plots (python3-matplotlib missing: WITH_PYTHON=1 make deps)"; fi
 
 # Step and MoE block time against the number of experts (8..1024) at one
 # expert row per token, for every router (scripts/bench_experts.sh).
