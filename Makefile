@@ -4,7 +4,9 @@
 #   make train      default run (configs/fmnist_softmoe.ini); CONFIG=name ARGS="k=v ..."
 #   make bench      throughput, GFLOP/s and MFU against this machine's sgemm peak
 #   make deps       apt-get the Debian packages (scripts/install-deps.sh)
-# Switches: NO_MPI=1 (MPI is optional), DEBUG=1 (-O0 -g, sanitizers).
+#   make bench-peer  softmoe against PyTorch (fp32 and bf16), one invocation
+# Switches: NO_MPI=1 (MPI is optional), NO_DNNL=1 (oneDNN is optional: bf16
+# then runs on rounded inputs through sgemm), DEBUG=1 (-O0 -g, sanitizers).
 
 CC      ?= gcc
 BUILD   := build
@@ -43,6 +45,18 @@ else
   MPICC := $(shell command -v mpicc 2>/dev/null)
 endif
 
+# oneDNN (Debian's libdnnl-dev ships no pkg-config file): header and library.
+ifeq ($(NO_DNNL),1)
+  DNNL :=
+else
+  DNNL := $(shell printf '\043include <oneapi/dnnl/dnnl.h>\nint main(void){return dnnl_version()==0;}\n' | \
+            $(CC) -x c - -ldnnl -o /dev/null 2>/dev/null && echo 1)
+endif
+ifeq ($(DNNL),1)
+  CFLAGS += -DSM_DNNL
+  LDLIBS += -ldnnl
+endif
+
 ifneq ($(strip $(PKGS)),)
   CFLAGS += $(shell pkg-config --cflags $(PKGS))
   LDLIBS += $(shell pkg-config --libs $(PKGS))
@@ -73,7 +87,8 @@ found:
 	  "$(if $(call have,libarchive),✓ libarchive,✗ libarchive)" \
 	  "$(if $(call have,check),✓ Check (tests),✗ Check (tests))" \
 	  "✓ OpenMP ($(CC) -fopenmp)" \
-	  "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI$(if $(filter 1,$(NO_MPI)), (NO_MPI=1),))"
+	  "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI$(if $(filter 1,$(NO_MPI)), (NO_MPI=1),))" \
+	  "$(if $(DNNL),✓ oneDNN (bf16 matmul),✗ oneDNN$(if $(filter 1,$(NO_DNNL)), (NO_DNNL=1),) (bf16 on rounded inputs through sgemm))"
 
 deps:
 	@sh scripts/install-deps.sh

@@ -65,6 +65,7 @@ typedef struct {
     int keep_every;
     char init[CFG_PATH];
     char resume[CFG_STR];        // latest | latest_valid | none
+    char precision[CFG_STR];     // fp32 | bf16 (GEMM inputs; see src/model/gemm.h)
 
     // [eval]
     int eval_every;

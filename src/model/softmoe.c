@@ -9,6 +9,7 @@
 
 #include "../dist/dist.h"
 #include "fastmath.h"
+#include "gemm.h"
 #include "layers.h"
 
 #define NORM_EPS 1e-6f
@@ -75,7 +76,7 @@ void softmoe_scratch_carve(MoeScratch *s, float *p, MoeDims d) {
 // Expert parallelism: slot rows (E,B*P,D) of this rank's images to the rows
 // (El,W*B*P,D) of its experts, through xch (W,El,B*P,D) as received.
 static void to_owners(float *xe, const float *xs, float *xch, MoeDims d) {
-    if (d.W == 1) return;  // xe is xs
+    if (d.W == 1 || gemm_planning()) return;  // xe is xs; planning sends nothing
     const size_t blk = (size_t)d.B * d.P * d.D;
     dist_alltoall_ep(xs, xch, (size_t)d.El * blk);
     #pragma omp parallel for schedule(static) collapse(2)
@@ -88,7 +89,7 @@ static void to_owners(float *xe, const float *xs, float *xch, MoeDims d) {
 // The way back: expert rows (El,W*B*P,D) to the slots (E,B*P,D) of the
 // images they came from.
 static void from_owners(float *ys, const float *ye, float *xch, MoeDims d) {
-    if (d.W == 1) return;  // ys is ye
+    if (d.W == 1 || gemm_planning()) return;  // ys is ye
     const size_t blk = (size_t)d.B * d.P * d.D;
     #pragma omp parallel for schedule(static) collapse(2)
     for (int r = 0; r < d.W; r++)
@@ -192,14 +193,14 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
     const float scale = w->scale[0];
     rownorm_forward(a->xn, a->rn, y, d.B * N, D);
     colnorm_forward(a->mun, a->cn, w->mu, D, S);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.B * N, S, D, 1.0f, a->xn, D, a->mun,
+    gemm_run(CblasNoTrans, CblasNoTrans, d.B * N, S, D, 1.0f, a->xn, D, a->mun,
                 S, 0.0f, a->raw, S);
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++) {
         size_t o = (size_t)b * N * S;
         route_image(a->dw + o, a->cw + o, s->col + (size_t)b * 2 * S, a->raw + o, scale, N, S);
         // slots (S,D) = Dw^T (S,N) @ y (N,D)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->dw + o, S,
+        gemm_run(CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->dw + o, S,
                     y + (size_t)b * N * D, D, 0.0f, s->sd0 + (size_t)b * S * D, D);
     }
     to_experts(a->xs, s->sd0, d);
@@ -210,7 +211,7 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++)
         // out (N,D) (+)= Cw (N,S) @ ys (S,D)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, S, 1.0f,
+        gemm_run(CblasNoTrans, CblasNoTrans, N, D, S, 1.0f,
                     a->cw + (size_t)b * N * S, S, s->sd0 + (size_t)b * S * D, D,
                     accumulate ? 1.0f : 0.0f, out + (size_t)b * N * D, D);
 }
@@ -263,9 +264,9 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++) {
         size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, S, D, 1.0f, dout + od, D,
+        gemm_run(CblasNoTrans, CblasTrans, N, S, D, 1.0f, dout + od, D,
                     s->sd0 + os, D, 0.0f, s->dC + on, S);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->cw + on, S,
+        gemm_run(CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->cw + on, S,
                     dout + od, D, 0.0f, s->sd1 + os, D);
     }
     to_experts(s->dys, s->sd1, d);
@@ -277,9 +278,9 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++) {
         size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, S, D, 1.0f, y + od, D,
+        gemm_run(CblasNoTrans, CblasTrans, N, S, D, 1.0f, y + od, D,
                     s->sd0 + os, D, 0.0f, s->dD + on, S);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, S, 1.0f, a->dw + on, S,
+        gemm_run(CblasNoTrans, CblasNoTrans, N, D, S, 1.0f, a->dw + on, S,
                     s->sd0 + os, D, 1.0f, dy + od, D);
         route_backward_image(s->dD + on, s->col + (size_t)b * 2 * S, s->dC + on, a->dw + on,
                              a->cw + on, N, S);
@@ -290,9 +291,9 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
     g->scale[0] += (float)ds;
     cblas_sscal(BN * S, scale, s->dD, 1);
     // raw = xn @ mun
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BN, D, S, 1.0f, s->dD, S, a->mun, S,
+    gemm_run(CblasNoTrans, CblasTrans, BN, D, S, 1.0f, s->dD, S, a->mun, S,
                 0.0f, s->dxn, D);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, S, BN, 1.0f, a->xn, D, s->dD, S,
+    gemm_run(CblasTrans, CblasNoTrans, D, S, BN, 1.0f, a->xn, D, s->dD, S,
                 0.0f, s->dmun, S);
     // xn = y * r: dy += r (dxn - xn <dxn, xn>)
     #pragma omp parallel for schedule(static)
