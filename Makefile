@@ -74,7 +74,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench bench-experts bench-mpi clean
+.PHONY: all deps found test train bench bench-peer bench-experts bench-mpi clean
 all: found $(BIN)
 
 found:
@@ -127,11 +127,19 @@ train: found $(BIN) $(if $(filter fmnist_softmoe finetune_fmnist,$(CONFIG)),$(FM
 # (the last needs ~15 GB of RAM), then the default config. Random images: the
 # paper configs name JFT shards (jft.ini), which bench would otherwise open.
 S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent data.source=synthetic
-bench: found $(BIN)
+bench: found $(BIN) $(FMNIST)/test-000000.tar
 	$(BIN) bench configs/vit_s16.ini $(S16) $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) $(ARGS)
 	$(BIN) bench configs/fmnist_softmoe.ini $(ARGS)
+
+# softmoe fp32 and bf16 against PyTorch fp32 and bf16 autocast on ViT-S/16
+# and Soft MoE S/16 32x4 and 128x1 (batch 8, 224 px, 2 threads), one
+# invocation (scripts/bench_torch.py; needs python3-torch: WITH_PYTHON=1 make
+# deps). The 128x1 rows need ~15 GB each and run one after another.
+PEER_REPS ?= 3
+bench-peer: found $(BIN)
+	/usr/bin/python3 scripts/bench_torch.py --bin $(BIN) --reps $(PEER_REPS) $(ARGS)
 
 # Step time against the number of experts at 128 slots (scripts/bench_experts.sh).
 bench-experts: found $(BIN)

@@ -38,6 +38,8 @@ typedef struct {
 #endif
     size_t scratch;                      // scratchpad bytes
     int sgemm;                           // rounded inputs through sgemm (no oneDNN primitive)
+    long calls;                          // since gemm_reset_calls
+    int in_parallel;
 } Plan;
 
 // Staging per thread: A and B converted, and oneDNN's scratchpad.
@@ -271,8 +273,10 @@ void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float
 #endif
     const Key k = {ta == CblasTrans, tb == CblasTrans, M, N, K, lda, ldb, ldc, ref, alpha, beta};
     Plan *p = plan_for(&k);
-    if (G.planning) return;
     const int inpar = omp_in_parallel();
+    if (G.planning) return;
+    __atomic_fetch_add(&p->calls, 1, __ATOMIC_RELAXED);
+    p->in_parallel = inpar;
     Stage *st = &G.stage[inpar ? omp_get_thread_num() : 0];
     size_t an, bn, sn;
     stage_need(p, &an, &bn, &sn);
@@ -312,10 +316,82 @@ void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float
 
 // ---------------------------------------------------------------- report
 
+#ifdef SM_DNNL
+static void impl_of(const Plan *p, char *out, size_t n) {
+    const_dnnl_primitive_desc_t pd;
+    const char *impl = NULL;
+    out[0] = 0;
+    if (p->sgemm || dnnl_primitive_get_primitive_desc(p->prim, &pd) != dnnl_success) return;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+        snprintf(out, n, "%s", impl);
+}
+#endif
+
+int gemm_shape(int i, GemmShape *s) {
+    if (i < 0 || i >= __atomic_load_n(&G.nplans, __ATOMIC_ACQUIRE)) return -1;
+    const Plan *p = G.plans[i];
+    memset(s, 0, sizeof *s);
+    s->ta = p->k.ta, s->tb = p->k.tb, s->M = p->k.M, s->N = p->k.N, s->K = p->k.K;
+    s->lda = p->k.lda, s->ldb = p->k.ldb, s->ldc = p->k.ldc;
+    s->alpha = p->k.alpha, s->beta = p->k.beta;
+    s->calls = p->calls, s->in_parallel = p->in_parallel, s->sgemm = p->sgemm;
+#ifdef SM_DNNL
+    impl_of(p, s->impl, sizeof s->impl);
+#endif
+    return 0;
+}
+
+void gemm_reset_calls(void) {
+    for (int i = 0; i < G.nplans; i++) G.plans[i]->calls = 0;
+}
+
+double gemm_bf16_peak(int n, int reps) {
+#ifdef SM_DNNL
+    int save = G.precision;
+    int saveplan = G.planning;
+    G.precision = GEMM_BF16, G.planning = 1;  // not a late plan: no step is running
+    const Key k = {0, 0, n, n, n, n, n, n, 0, 1.0f, 0.0f};
+    Plan *p = plan_for(&k);
+    G.precision = save, G.planning = saveplan;
+    if (p->sgemm) return 0;
+    Stage *st = &G.stage[0];
+    float *a = sm_aligned((size_t)n * n * sizeof(float)), *c = sm_aligned((size_t)n * n * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * n; i++) a[i] = 1.0f / (float)(1 + i % 7);
+    rows_to_bf16(st->a, a, n, n, n, 1);
+    rows_to_bf16(st->b, a, n, n, n, 1);
+    dnnl_memory_t *mem = p->mem[0];
+    DNNL_OK(dnnl_memory_set_data_handle(mem[0], st->a), &k);
+    DNNL_OK(dnnl_memory_set_data_handle(mem[1], st->b), &k);
+    DNNL_OK(dnnl_memory_set_data_handle(mem[2], c), &k);
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
+                               {DNNL_ARG_DST, mem[2]}, {DNNL_ARG_SCRATCHPAD, mem[3]}};
+    int nargs = 3;
+    if (mem[3]) {
+        DNNL_OK(dnnl_memory_set_data_handle(mem[3], st->s), &k);
+        nargs = 4;
+    }
+    double best = 0;
+    for (int r = 0; r < reps + 1; r++) {
+        double t0 = sm_now();
+        DNNL_OK(dnnl_primitive_execute(p->prim, st->stream, nargs, args), &k);
+        DNNL_OK(dnnl_stream_wait(st->stream), &k);
+        double gf = 2.0 * n * n * (double)n / (sm_now() - t0) / 1e9;
+        if (r > 0 && gf > best) best = gf;  // the first call warms caches and threads
+    }
+    free(a);
+    free(c);
+    return best;
+#else
+    (void)n, (void)reps;
+    return 0;
+#endif
+}
+
 void gemm_info(GemmInfo *g) {
     memset(g, 0, sizeof *g);
     g->plans = __atomic_load_n(&G.nplans, __ATOMIC_ACQUIRE);
     g->late_plans = G.late;
+    for (int i = 0; i < g->plans; i++) g->sgemm_plans += G.plans[i]->sgemm;
 #ifdef SM_DNNL
     g->have_dnnl = 1;
     const dnnl_version_t *v = dnnl_version();
@@ -339,17 +415,9 @@ void gemm_info(GemmInfo *g) {
         }
     for (int i = 0; i < g->plans; i++) {
         const Plan *p = G.plans[i];
-        if (p->sgemm) {
-            g->sgemm_plans++;
-            continue;
-        }
-        const_dnnl_primitive_desc_t pd;
-        const char *impl = NULL;
-        if (dnnl_primitive_get_primitive_desc(p->prim, &pd) != dnnl_success) continue;
-        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success ||
-            !impl)
-            continue;
-        if (strstr(g->impls, impl)) continue;
+        char impl[64];
+        impl_of(p, impl, sizeof impl);
+        if (!impl[0] || strstr(g->impls, impl)) continue;
         size_t len = strlen(g->impls);
         snprintf(g->impls + len, sizeof g->impls - len, "%s%s", len ? ", " : "", impl);
     }

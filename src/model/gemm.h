@@ -58,5 +58,21 @@ typedef struct {
 } GemmInfo;
 void gemm_info(GemmInfo *info);
 
+// Planned shape i (0 <= i < plans) and how often it ran since the last
+// gemm_reset_calls; returns -1 past the end.
+typedef struct {
+    int ta, tb, M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    long calls;
+    int in_parallel;          // last called inside a parallel region (one thread each)
+    int sgemm;                // rounded inputs through sgemm
+    char impl[64];            // oneDNN implementation
+} GemmShape;
+int gemm_shape(int i, GemmShape *s);
+void gemm_reset_calls(void);
+// GFLOP/s of the bf16 product on n x n x n, operands already in bf16 (the
+// library's own speed, no conversion), best of reps; 0 without oneDNN.
+double gemm_bf16_peak(int n, int reps);
+
 // Rounds n floats to the nearest bfloat16 (ties to even), kept as floats.
 void gemm_round_bf16(float *out, const float *in, size_t n);
