@@ -99,6 +99,7 @@ void gemm_round_bf16(float *out, const float *in, size_t n) {
     }
 }
 
+#ifdef SM_DNNL
 // dst (rows,cols) contiguous = src (rows,cols) with row stride ld, as bf16.
 static void rows_to_bf16(uint16_t *dst, const float *src, int rows, int cols, int ld, int par) {
     #pragma omp parallel for schedule(static) if (par && (size_t)rows * cols > 32768)
@@ -119,6 +120,7 @@ static void rows_to_bf16(uint16_t *dst, const float *src, int rows, int cols, in
         for (; j < cols; j++) d[j] = bf16_of(s[j]);
     }
 }
+#endif
 
 // The same, rounded but kept as floats (the sgemm path).
 static void rows_round(float *dst, const float *src, int rows, int cols, int ld, int par) {

@@ -291,8 +291,10 @@ void bench_run(const Config *c, int steps) {
                "later, %d through rounded sgemm)\n", gi.version, gi.isa, gi.impls, g0.plans,
                gi.late_plans, gi.sgemm_plans);
     else
-        printf("precision: bf16 (bf16-rounded inputs through sgemm: %s; same numbers, no speed-up)\n",
-               gi.have_dnnl ? "oneDNN has no bf16 matmul for this CPU" : "built without oneDNN");
+        printf("precision: bf16 (bf16-rounded inputs through sgemm: %s; same numbers, no speed-up; "
+               "%d product shapes planned at build, %d later)\n",
+               gi.have_dnnl ? "oneDNN has no bf16 matmul for this CPU" : "built without oneDNN",
+               g0.plans, gi.late_plans);
     printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of 3)\n", peak32);
     if (peak16 > 0) printf("bf16_gemm_peak_gflops_per_s: %.1f (oneDNN, 2048^3, best of 3)\n", peak16);
     printf("mfu: %.1f%% (against the %s peak)\n", 100.0 * gflops / peak,
