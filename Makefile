@@ -74,7 +74,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench bench-peer bench-experts bench-mpi clean
+.PHONY: all deps found test train bench bench-peer bench-gemm bench-experts bench-mpi clean
 all: found $(BIN)
 
 found:
@@ -140,6 +140,14 @@ bench: found $(BIN) $(FMNIST)/test-000000.tar
 PEER_REPS ?= 3
 bench-peer: found $(BIN)
 	/usr/bin/python3 scripts/bench_torch.py --bin $(BIN) --reps $(PEER_REPS) $(ARGS)
+
+# Each product shape of an S/16 step alone: sgemm, few-row kernels, bf16
+# (bench/bench_gemm.c), on one thread and on two.
+$(BUILD)/bench_gemm: bench/bench_gemm.c $(LIB)
+	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+bench-gemm: found $(BUILD)/bench_gemm
+	OMP_NUM_THREADS=1 $(BUILD)/bench_gemm
+	OMP_NUM_THREADS=2 $(BUILD)/bench_gemm
 
 # Step time against the number of experts at 128 slots (scripts/bench_experts.sh).
 bench-experts: found $(BIN)
