@@ -5,6 +5,7 @@
 #   make bench      throughput, GFLOP/s and MFU against this machine's sgemm peak
 #   make deps       apt-get the Debian packages (scripts/install-deps.sh)
 #   make bench-peer  softmoe against PyTorch (fp32 and bf16), one invocation
+#   make bench-gemm  every S/16 product shape alone: sgemm, few-row kernels, bf16
 # Switches: NO_MPI=1 (MPI is optional), NO_DNNL=1 (oneDNN is optional: bf16
 # then runs on rounded inputs through sgemm), DEBUG=1 (-O0 -g, sanitizers).
 

@@ -224,8 +224,9 @@ static void nt_avx512(float *dx, const float *dy, const float *w, int R, int K, 
 #define FEWROW_MAX 128
 
 // These kernels are fp32 only: with train.precision = bf16 the expert
-// products go through gemm_run like every other product (see gemm.c for the
-// measured choice).
+// products go through gemm_run (oneDNN) like every other product. They beat
+// oneDNN's bf16 only at 8 rows (make bench-gemm), and there in fp32, which
+// bf16 mode must not use.
 static int fewrow_ok(int R) { return R <= FEWROW_MAX && gemm_precision() == GEMM_FP32; }
 
 void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R, int K,
