@@ -22,7 +22,7 @@ void attention_forward(float *out, float *att, const float *q, const float *k,
             float *a = att + ((size_t)b * H + h) * Nq * Nk;
             // a (Nq,Nk) = scale * q_bh (Nq,Dh) @ k_bh^T
             gemm_run(CblasNoTrans, CblasTrans, Nq, Nk, Dh, scale, qb, D,
-                        kb, D, 0.0f, a, Nk);
+                     kb, D, 0.0f, a, Nk);
             for (int i = 0; i < Nq; i++) {
                 float *row = a + (size_t)i * Nk;
                 float mx = row[0];
@@ -37,7 +37,7 @@ void attention_forward(float *out, float *att, const float *q, const float *k,
             }
             // out_bh (Nq,Dh) = a @ v_bh
             gemm_run(CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, a, Nk,
-                        vb, D, 0.0f, out + (size_t)b * Nq * D + h * Dh, D);
+                     vb, D, 0.0f, out + (size_t)b * Nq * D + h * Dh, D);
         }
     }
 }
@@ -56,9 +56,9 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
             float *da = scratch + ((size_t)b * H + h) * Nq * Nk;
             // dv += a^T @ dout ; da = dout @ v^T
             gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, a, Nk,
-                        dout + qo, D, 1.0f, dv + ko, D);
+                     dout + qo, D, 1.0f, dv + ko, D);
             gemm_run(CblasNoTrans, CblasTrans, Nq, Nk, Dh, 1.0f, dout + qo,
-                        D, v + ko, D, 0.0f, da, Nk);
+                     D, v + ko, D, 0.0f, da, Nk);
             // softmax backward, with the 1/sqrt(Dh) of the logits folded in
             for (int i = 0; i < Nq; i++) {
                 const float *ar = a + (size_t)i * Nk;
@@ -69,9 +69,9 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
             }
             // dq += ds @ k ; dk += ds^T @ q
             gemm_run(CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, da, Nk,
-                        k + ko, D, 1.0f, dq + qo, D);
+                     k + ko, D, 1.0f, dq + qo, D);
             gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, da, Nk,
-                        q + qo, D, 1.0f, dk + ko, D);
+                     q + qo, D, 1.0f, dk + ko, D);
         }
     }
 }

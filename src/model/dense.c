@@ -25,7 +25,7 @@ void dense_forward(float *out, const float *inp, const float *w, const float *b,
         beta = 1.0f;
     }
     gemm_run(CblasNoTrans, CblasNoTrans, R, Dout, Din, 1.0f, inp, Din, w, Dout,
-                beta, out, Dout);
+             beta, out, Dout);
 }
 
 void dense_backward(float *dinp, float *dw, float *db, const float *dout,
@@ -33,10 +33,10 @@ void dense_backward(float *dinp, float *dw, float *db, const float *dout,
     // dout (R,Dout)
     if (dinp)
         gemm_run(CblasNoTrans, CblasTrans, R, Din, Dout, 1.0f, dout, Dout, w, Dout,
-                    1.0f, dinp, Din);
+                 1.0f, dinp, Din);
     if (dw)
         gemm_run(CblasTrans, CblasNoTrans, Din, Dout, R, 1.0f, inp, Din, dout, Dout,
-                    1.0f, dw, Dout);
+                 1.0f, dw, Dout);
     if (db) {
         // Column-parallel so the sum order does not depend on the thread count.
         #pragma omp parallel for schedule(static)

@@ -249,5 +249,5 @@ void fewrow_nt(float *dx, const float *dy, const float *w, int R, int K, int N,
     }
 #endif
     gemm_run(CblasNoTrans, CblasTrans, R, K, N, 1.0f, dy, N, w, N,
-                accumulate ? 1.0f : 0.0f, dx, K);
+             accumulate ? 1.0f : 0.0f, dx, K);
 }

@@ -194,14 +194,14 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
     rownorm_forward(a->xn, a->rn, y, d.B * N, D);
     colnorm_forward(a->mun, a->cn, w->mu, D, S);
     gemm_run(CblasNoTrans, CblasNoTrans, d.B * N, S, D, 1.0f, a->xn, D, a->mun,
-                S, 0.0f, a->raw, S);
+             S, 0.0f, a->raw, S);
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++) {
         size_t o = (size_t)b * N * S;
         route_image(a->dw + o, a->cw + o, s->col + (size_t)b * 2 * S, a->raw + o, scale, N, S);
         // slots (S,D) = Dw^T (S,N) @ y (N,D)
         gemm_run(CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->dw + o, S,
-                    y + (size_t)b * N * D, D, 0.0f, s->sd0 + (size_t)b * S * D, D);
+                 y + (size_t)b * N * D, D, 0.0f, s->sd0 + (size_t)b * S * D, D);
     }
     to_experts(a->xs, s->sd0, d);
     to_owners(a->xe, a->xs, s->xch, d);
@@ -212,8 +212,8 @@ void softmoe_forward(float *out, MoeActs *a, MoeScratch *s, const float *y, cons
     for (int b = 0; b < d.B; b++)
         // out (N,D) (+)= Cw (N,S) @ ys (S,D)
         gemm_run(CblasNoTrans, CblasNoTrans, N, D, S, 1.0f,
-                    a->cw + (size_t)b * N * S, S, s->sd0 + (size_t)b * S * D, D,
-                    accumulate ? 1.0f : 0.0f, out + (size_t)b * N * D, D);
+                 a->cw + (size_t)b * N * S, S, s->sd0 + (size_t)b * S * D, D,
+                 accumulate ? 1.0f : 0.0f, out + (size_t)b * N * D, D);
 }
 
 static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, const MoeW *w,
@@ -265,9 +265,9 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
     for (int b = 0; b < d.B; b++) {
         size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
         gemm_run(CblasNoTrans, CblasTrans, N, S, D, 1.0f, dout + od, D,
-                    s->sd0 + os, D, 0.0f, s->dC + on, S);
+                 s->sd0 + os, D, 0.0f, s->dC + on, S);
         gemm_run(CblasTrans, CblasNoTrans, S, D, N, 1.0f, a->cw + on, S,
-                    dout + od, D, 0.0f, s->sd1 + os, D);
+                 dout + od, D, 0.0f, s->sd1 + os, D);
     }
     to_experts(s->dys, s->sd1, d);
     to_owners(s->dye, s->dys, s->xch, d);
@@ -279,9 +279,9 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
     for (int b = 0; b < d.B; b++) {
         size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
         gemm_run(CblasNoTrans, CblasTrans, N, S, D, 1.0f, y + od, D,
-                    s->sd0 + os, D, 0.0f, s->dD + on, S);
+                 s->sd0 + os, D, 0.0f, s->dD + on, S);
         gemm_run(CblasNoTrans, CblasNoTrans, N, D, S, 1.0f, a->dw + on, S,
-                    s->sd0 + os, D, 1.0f, dy + od, D);
+                 s->sd0 + os, D, 1.0f, dy + od, D);
         route_backward_image(s->dD + on, s->col + (size_t)b * 2 * S, s->dC + on, a->dw + on,
                              a->cw + on, N, S);
     }
@@ -292,9 +292,9 @@ void softmoe_backward(float *dy, const MoeW *g, MoeScratch *s, const float *dout
     cblas_sscal(BN * S, scale, s->dD, 1);
     // raw = xn @ mun
     gemm_run(CblasNoTrans, CblasTrans, BN, D, S, 1.0f, s->dD, S, a->mun, S,
-                0.0f, s->dxn, D);
+             0.0f, s->dxn, D);
     gemm_run(CblasTrans, CblasNoTrans, D, S, BN, 1.0f, a->xn, D, s->dD, S,
-                0.0f, s->dmun, S);
+             0.0f, s->dmun, S);
     // xn = y * r: dy += r (dxn - xn <dxn, xn>)
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < BN; i++) {
