@@ -5,8 +5,11 @@
 #   make bench      throughput, GFLOP/s and MFU against this machine's sgemm peak
 #   make deps       apt-get the Debian packages (scripts/install-deps.sh)
 #   make fuzz       libFuzzer harnesses (tests/fuzz/), FUZZ_S seconds each, in build-fuzz/
-# Switches: NO_MPI=1 (MPI is optional), DEBUG=1 (-O0 -g, ASan+UBSan, any report
-# fatal), BUILD=dir (another build directory, e.g. BUILD=build-debug DEBUG=1).
+#   make bench-peer  softmoe against PyTorch (fp32 and bf16), one invocation
+#   make bench-gemm  every S/16 product shape alone: sgemm, few-row kernels, bf16
+# Switches: NO_MPI=1 (MPI is optional), NO_DNNL=1 (oneDNN is optional: bf16
+# then runs on rounded inputs through sgemm), DEBUG=1 (-O0 -g, ASan+UBSan, any
+# report fatal), BUILD=dir (another build directory, e.g. BUILD=build-debug DEBUG=1).
 
 CC      ?= gcc
 BUILD   ?= build
@@ -48,6 +51,18 @@ else
   MPICC := $(shell command -v mpicc 2>/dev/null)
 endif
 
+# oneDNN (Debian's libdnnl-dev ships no pkg-config file): header and library.
+ifeq ($(NO_DNNL),1)
+  DNNL :=
+else
+  DNNL := $(shell printf '\043include <oneapi/dnnl/dnnl.h>\nint main(void){return dnnl_version()==0;}\n' | \
+            $(CC) -x c - -ldnnl -o /dev/null 2>/dev/null && echo 1)
+endif
+ifeq ($(DNNL),1)
+  CFLAGS += -DSM_DNNL
+  LDLIBS += -ldnnl
+endif
+
 ifneq ($(strip $(PKGS)),)
   CFLAGS += $(shell pkg-config --cflags $(PKGS))
   LDLIBS += $(shell pkg-config --libs $(PKGS))
@@ -65,7 +80,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench bench-experts bench-mpi paper clean fuzz fuzz-bins fuzz-seeds
+.PHONY: all deps found test train bench bench-peer bench-gemm bench-experts bench-mpi paper clean fuzz fuzz-bins fuzz-seeds
 all: found $(BIN)
 
 found:
@@ -78,7 +93,8 @@ found:
 	  "$(if $(call have,libarchive),✓ libarchive,✗ libarchive)" \
 	  "$(if $(call have,check),✓ Check (tests),✗ Check (tests))" \
 	  "✓ OpenMP ($(CC) -fopenmp)" \
-	  "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI$(if $(filter 1,$(NO_MPI)), (NO_MPI=1),))"
+	  "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI$(if $(filter 1,$(NO_MPI)), (NO_MPI=1),))" \
+	  "$(if $(DNNL),✓ oneDNN (bf16 matmul),✗ oneDNN$(if $(filter 1,$(NO_DNNL)), (NO_DNNL=1),) (bf16 on rounded inputs through sgemm))"
 
 deps:
 	@sh scripts/install-deps.sh
@@ -172,7 +188,7 @@ train: found $(BIN) $(if $(filter fmnist_softmoe fmnist_tokens_choice fmnist_exp
 # of RAM), then the default config. Random images: the paper configs name JFT
 # shards (jft.ini), which bench would otherwise open.
 S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent data.source=synthetic
-bench: found $(BIN)
+bench: found $(BIN) $(FMNIST)/test-000000.tar
 	$(BIN) bench configs/vit_s16.ini $(S16) $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)
 	$(BIN) bench configs/vit_s16_tokens_choice.ini $(S16) moe.capacity_factor=0.65 $(ARGS)
@@ -180,6 +196,22 @@ bench: found $(BIN)
 	$(BIN) bench configs/vit_s16_experts_choice.ini $(S16) moe.capacity_factor=0.65 $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) $(ARGS)
 	$(BIN) bench configs/fmnist_softmoe.ini $(ARGS)
+
+# softmoe fp32 and bf16 against PyTorch fp32 and bf16 autocast on ViT-S/16
+# and Soft MoE S/16 32x4 and 128x1 (batch 8, 224 px, 2 threads), one
+# invocation (scripts/bench_torch.py; needs python3-torch: WITH_PYTHON=1 make
+# deps). The 128x1 rows need ~15 GB each and run one after another.
+PEER_REPS ?= 3
+bench-peer: found $(BIN)
+	/usr/bin/python3 scripts/bench_torch.py --bin $(BIN) --reps $(PEER_REPS) $(ARGS)
+
+# Each product shape of an S/16 step alone: sgemm, few-row kernels, bf16
+# (bench/bench_gemm.c), on one thread and on two.
+$(BUILD)/bench_gemm: bench/bench_gemm.c $(LIB)
+	$(CC) $(CFLAGS) $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+bench-gemm: found $(BUILD)/bench_gemm
+	OMP_NUM_THREADS=1 $(BUILD)/bench_gemm
+	OMP_NUM_THREADS=2 $(BUILD)/bench_gemm
 
 # The paper's comparisons at small scale (scripts/paper.sh): dense ViTs, Soft
 # MoE, Tokens Choice, Experts Choice and the routing ablations on

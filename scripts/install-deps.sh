@@ -11,6 +11,7 @@ libarchive-dev libzstd-dev
 libpng-dev libjpeg62-turbo-dev zlib1g-dev
 check
 libopenmpi-dev openmpi-bin
+libdnnl-dev
 dataset-fashion-mnist"
 
 # Optional extras for contributors: the PyTorch reference script and plots.

@@ -19,6 +19,7 @@
 
 #include "core/config.h"
 #include "fixture.h"
+#include "model/gemm.h"
 #include "model/router_gates.h"
 #include "model/vit.h"
 #include "testutil.h"
@@ -145,6 +146,111 @@ static void check_case(const char *name) {
     fixture_free(f);
 }
 
+// train.precision = bf16 on the same fixtures: forward, loss and every
+// gradient against the float64 reference, and against our fp32 step.
+//
+// Tolerance: each product's output is within (2u + u^2) sum|a||b| of the
+// fp32 one (u = 2^-9, tests/test_gemm.c), about 2^-8 of the output scale
+// when the terms share a sign and far less for random signs (error ~ 2^-8 /
+// sqrt(K) relative on average). A gradient is the end of a chain of
+// products: forward through L blocks of ~4 products each, then back through
+// as many, so these 1-3 block fixtures chain ~10-30 of them. If each added
+// its worst case the errors would add to ~30 x 2^-8 ~ 0.1; random signs make
+// it ~ sqrt(30) x 2^-8 ~ 2e-2. We accept 5e-2 on gradients and 2e-2 on the
+// forward (a chain half as long), relative to the tensor's largest entry
+// plus the same 1e-3 floor as above. The bf16 error must also exceed 1e-5,
+// ten times the fp32 run's own error, so a bf16 mode that silently ran in
+// fp32 fails. The rounding noise a gradient tensor receives scales with the
+// gradients flowing through its layer, not with its own size, which can be
+// small through cancellation (the attention key bias: exactly zero without
+// QK-norm, where softmax ignores a per-query constant, and small with it);
+// so the floor added to a tensor's largest entry is 0.1 of the model's
+// largest gradient entry, not 1e-3.
+#define BF16_FWD_TOL 2e-2
+#define BF16_GRAD_TOL 5e-2
+
+static void check_case_bf16(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, SM_FIXTURE_DIR "/ref_%s.bin", name);
+    Fixture *f = fixture_load(path);
+    Config c;
+    config_from_fixture(&c, f);
+    snprintf(c.precision, sizeof c.precision, "bf16");
+    Vit m;
+    vit_build(&m, &c);
+    ck_assert_int_eq(m.precision, GEMM_BF16);
+    const FixTensor *img = fixture_need(f, "input/images", FIX_F32);
+    const FixTensor *tgt = fixture_need(f, "input/targets", FIX_F32);
+    const int B = (int)img->dims[0];
+    vit_alloc(&m, B);
+    GemmInfo g0, g1;
+    gemm_info(&g0);
+    char key[PARAM_NAME + 16];
+    for (int i = 0; i < m.pt.n; i++) {
+        const ParamSpec *s = &m.pt.t[i];
+        snprintf(key, sizeof key, "params/%s", s->name);
+        memcpy(m.params + s->offset, fixture_need(f, key, FIX_F32)->data, s->numel * sizeof(float));
+    }
+    vit_zero_grad(&m);
+    double loss = vit_forward(&m, img->data, tgt->data, B);
+    vit_backward(&m, img->data, tgt->data, B);
+    gemm_info(&g1);
+    // every product of the step was planned at vit_alloc
+    ck_assert_int_eq(g1.plans, g0.plans);
+    ck_assert_int_eq(g1.late_plans, g0.late_plans);
+    const FixTensor *rl = fixture_need(f, "output/loss", FIX_F32);
+    const FixTensor *rz = fixture_need(f, "output/logits", FIX_F32);
+    double el = fabs(loss - rl->data[0]) / fabs(rl->data[0]);
+    double ez = sm_rel_err(m.a.logits, rz->data, rz->numel, 1e-3);
+    double worst = 0, sum = 0, gall = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < m.pt.n; i++) {
+        snprintf(key, sizeof key, "grads/%s", m.pt.t[i].name);
+        const FixTensor *g = fixture_need(f, key, FIX_F32);
+        for (size_t j = 0; j < g->numel; j++) gall = fmax(gall, fabs(g->data[j]));
+    }
+    for (int i = 0; i < m.pt.n; i++) {
+        const ParamSpec *s = &m.pt.t[i];
+        snprintf(key, sizeof key, "grads/%s", s->name);
+        const FixTensor *g = fixture_need(f, key, FIX_F32);
+        double gmax = 0;
+        for (size_t j = 0; j < g->numel; j++) gmax = fmax(gmax, fabs(g->data[j]));
+        double e = sm_rel_err(m.grads + s->offset, g->data, s->numel, 0.1 * gall);
+        sum += e;
+        if (e > worst) worst = e, worst_name = s->name;
+        if (getenv("SM_VERBOSE")) printf("  %s %.3g (max %.3g)\n", s->name, e, gmax);
+        ck_assert_msg(e < BF16_GRAD_TOL, "%s bf16: gradient of %s off by %.3g", name, s->name, e);
+    }
+    printf("%-14s bf16: loss %.2e logits %.2e; %d gradients, mean %.2e, worst %.2e (%s)\n", name,
+           el, ez, m.pt.n, sum / m.pt.n, worst, worst_name);
+    ck_assert_msg(el < BF16_FWD_TOL && ez < BF16_FWD_TOL, "%s bf16: forward off", name);
+    ck_assert_msg(sum / m.pt.n > 1e-5, "%s bf16: gradients as exact as fp32 (bf16 not used?)", name);
+    // the same step in fp32 on the same model: the bf16 gradients are within
+    // the tolerance of it too
+    float *g32 = sm_malloc(m.pt.total * sizeof(float));
+    memcpy(g32, m.grads, m.pt.total * sizeof(float));
+    m.precision = GEMM_FP32;
+    vit_zero_grad(&m);
+    vit_forward(&m, img->data, tgt->data, B);
+    vit_backward(&m, img->data, tgt->data, B);
+    for (int i = 0; i < m.pt.n; i++) {
+        const ParamSpec *s = &m.pt.t[i];
+        double e = sm_rel_err(g32 + s->offset, m.grads + s->offset, s->numel, 0.1 * gall);
+        ck_assert_msg(e < BF16_GRAD_TOL, "%s bf16 vs fp32: gradient of %s off by %.3g", name,
+                      s->name, e);
+    }
+    free(g32);
+    vit_free(&m);
+    fixture_free(f);
+}
+
+START_TEST(test_bf16) {
+    const char *cases[] = {"gap_learn", "tok_sincos_qk", "map_learn_qk", "softmoe_gap",
+                           "softmoe_every"};
+    for (int i = 0; i < 5; i++) check_case_bf16(cases[i]);
+}
+END_TEST
+
 START_TEST(test_gap_learn) { check_case("gap_learn"); }
 END_TEST
 START_TEST(test_tok_sincos_qk) { check_case("tok_sincos_qk"); }
@@ -170,6 +276,7 @@ static Suite *reference_suite(void) {
     tcase_add_test(t, test_map_learn_qk);
     tcase_add_test(t, test_softmoe_gap);
     tcase_add_test(t, test_softmoe_every);
+    tcase_add_test(t, test_bf16);
     tcase_add_test(t, test_tokens_choice_k2);
     tcase_add_test(t, test_tokens_choice_k1);
     tcase_add_test(t, test_experts_choice);

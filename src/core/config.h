@@ -74,6 +74,7 @@ typedef struct {
     int keep_every;
     char init[CFG_PATH];
     char resume[CFG_STR];        // latest | latest_valid | none
+    char precision[CFG_STR];     // fp32 | bf16 (GEMM inputs; see src/model/gemm.h)
     int allow_config_change;     // bool: resume although optimisation keys changed
     int allow_oversubscribe_memory;  // bool: start although the estimate exceeds RAM
 

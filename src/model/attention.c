@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <math.h>
 
+#include "gemm.h"
 #include "layers.h"
 
 void attention_forward(float *out, float *att, const float *q, const float *k,
@@ -20,8 +21,8 @@ void attention_forward(float *out, float *att, const float *q, const float *k,
             const float *vb = v + (size_t)b * Nk * D + h * Dh;
             float *a = att + ((size_t)b * H + h) * Nq * Nk;
             // a (Nq,Nk) = scale * q_bh (Nq,Dh) @ k_bh^T
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nq, Nk, Dh, scale, qb, D,
-                        kb, D, 0.0f, a, Nk);
+            gemm_run(CblasNoTrans, CblasTrans, Nq, Nk, Dh, scale, qb, D,
+                     kb, D, 0.0f, a, Nk);
             for (int i = 0; i < Nq; i++) {
                 float *row = a + (size_t)i * Nk;
                 float mx = row[0];
@@ -35,8 +36,8 @@ void attention_forward(float *out, float *att, const float *q, const float *k,
                 for (int j = 0; j < Nk; j++) row[j] *= inv;
             }
             // out_bh (Nq,Dh) = a @ v_bh
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, a, Nk,
-                        vb, D, 0.0f, out + (size_t)b * Nq * D + h * Dh, D);
+            gemm_run(CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, a, Nk,
+                     vb, D, 0.0f, out + (size_t)b * Nq * D + h * Dh, D);
         }
     }
 }
@@ -54,10 +55,10 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
             const float *a = att + ((size_t)b * H + h) * Nq * Nk;
             float *da = scratch + ((size_t)b * H + h) * Nq * Nk;
             // dv += a^T @ dout ; da = dout @ v^T
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, a, Nk,
-                        dout + qo, D, 1.0f, dv + ko, D);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Nq, Nk, Dh, 1.0f, dout + qo,
-                        D, v + ko, D, 0.0f, da, Nk);
+            gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, a, Nk,
+                     dout + qo, D, 1.0f, dv + ko, D);
+            gemm_run(CblasNoTrans, CblasTrans, Nq, Nk, Dh, 1.0f, dout + qo,
+                     D, v + ko, D, 0.0f, da, Nk);
             // softmax backward, with the 1/sqrt(Dh) of the logits folded in
             for (int i = 0; i < Nq; i++) {
                 const float *ar = a + (size_t)i * Nk;
@@ -67,10 +68,10 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
                 for (int j = 0; j < Nk; j++) dr[j] = scale * ar[j] * (dr[j] - dot);
             }
             // dq += ds @ k ; dk += ds^T @ q
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, da, Nk,
-                        k + ko, D, 1.0f, dq + qo, D);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, da, Nk,
-                        q + qo, D, 1.0f, dk + ko, D);
+            gemm_run(CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, da, Nk,
+                     k + ko, D, 1.0f, dq + qo, D);
+            gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, da, Nk,
+                     q + qo, D, 1.0f, dk + ko, D);
         }
     }
 }

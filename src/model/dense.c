@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "fastmath.h"
+#include "gemm.h"
 #include "layers.h"
 
 void dense_forward(float *out, const float *inp, const float *w, const float *b,
@@ -23,19 +24,19 @@ void dense_forward(float *out, const float *inp, const float *w, const float *b,
         }
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, Dout, Din, 1.0f, inp, Din, w, Dout,
-                beta, out, Dout);
+    gemm_run(CblasNoTrans, CblasNoTrans, R, Dout, Din, 1.0f, inp, Din, w, Dout,
+             beta, out, Dout);
 }
 
 void dense_backward(float *dinp, float *dw, float *db, const float *dout,
                     const float *inp, const float *w, int R, int Din, int Dout) {
     // dout (R,Dout)
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, Din, Dout, 1.0f, dout, Dout, w, Dout,
-                    1.0f, dinp, Din);
+        gemm_run(CblasNoTrans, CblasTrans, R, Din, Dout, 1.0f, dout, Dout, w, Dout,
+                 1.0f, dinp, Din);
     if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Din, Dout, R, 1.0f, inp, Din, dout, Dout,
-                    1.0f, dw, Dout);
+        gemm_run(CblasTrans, CblasNoTrans, Din, Dout, R, 1.0f, inp, Din, dout, Dout,
+                 1.0f, dw, Dout);
     if (db) {
         // Column-parallel so the sum order does not depend on the thread count.
         #pragma omp parallel for schedule(static)

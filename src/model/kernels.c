@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 #include "../core/common.h"
+#include "gemm.h"
 #include "layers.h"
 
 #ifdef __AVX512F__
@@ -222,10 +223,16 @@ static void nt_avx512(float *dx, const float *dy, const float *w, int R, int K, 
 // weights are reused enough that sgemm's packing pays for itself again.
 #define FEWROW_MAX 128
 
+// These kernels are fp32 only: with train.precision = bf16 the expert
+// products go through gemm_run (oneDNN) like every other product. They beat
+// oneDNN's bf16 only at 8 rows (make bench-gemm), and there in fp32, which
+// bf16 mode must not use.
+static int fewrow_ok(int R) { return R <= FEWROW_MAX && gemm_precision() == GEMM_FP32; }
+
 void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R, int K,
                int N, int accumulate) {
 #ifdef __AVX512F__
-    if (R <= FEWROW_MAX) {
+    if (fewrow_ok(R)) {
         nn_avx512(out, x, w, b, R, K, N, accumulate);
         return;
     }
@@ -236,11 +243,11 @@ void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R
 void fewrow_nt(float *dx, const float *dy, const float *w, int R, int K, int N,
                int accumulate) {
 #ifdef __AVX512F__
-    if (R <= FEWROW_MAX) {
+    if (fewrow_ok(R)) {
         nt_avx512(dx, dy, w, R, K, N, accumulate);
         return;
     }
 #endif
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, K, N, 1.0f, dy, N, w, N,
-                accumulate ? 1.0f : 0.0f, dx, K);
+    gemm_run(CblasNoTrans, CblasTrans, R, K, N, 1.0f, dy, N, w, N,
+             accumulate ? 1.0f : 0.0f, dx, K);
 }

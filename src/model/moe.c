@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../dist/dist.h"
+#include "gemm.h"
 #include "layers.h"
 
 extern const MoeRouter moe_router_soft, moe_router_tokens_choice, moe_router_experts_choice,
@@ -84,7 +85,7 @@ void moe_scratch_carve(MoeScratch *s, float *p, MoeDims d) {
 // Expert parallelism: rows (E,R,D) of this rank's tokens to the rows
 // (El,W*R,D) of its experts, through xch (W,El,R,D) as received.
 static void to_owners(float *xe, const float *xs, float *xch, MoeDims d) {
-    if (d.W == 1) return;  // xe is xs
+    if (d.W == 1 || gemm_planning()) return;  // xe is xs; planning sends nothing
     const size_t blk = moe_rows(d) * d.D;
     dist_alltoall_ep(xs, xch, (size_t)d.El * blk);
     #pragma omp parallel for schedule(static) collapse(2)
@@ -97,7 +98,7 @@ static void to_owners(float *xe, const float *xs, float *xch, MoeDims d) {
 // The way back: expert rows (El,W*R,D) to the rows (E,R,D) of the tokens
 // they came from.
 static void from_owners(float *ys, const float *ye, float *xch, MoeDims d) {
-    if (d.W == 1) return;  // ys is ye
+    if (d.W == 1 || gemm_planning()) return;  // ys is ye
     const size_t blk = moe_rows(d) * d.D;
     #pragma omp parallel for schedule(static) collapse(2)
     for (int r = 0; r < d.W; r++)

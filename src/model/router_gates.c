@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../core/rng.h"
+#include "gemm.h"
 
 static size_t rnd(size_t n) { return (n + 15) / 16 * 16; }
 
@@ -66,8 +67,8 @@ static void softmax_row(float *p, const float *l, int E) {
 
 void gates_forward(GateActs *g, const float *y, const float *wr, MoeDims d, const MoeCtx *c) {
     const int T = d.B * d.N, E = d.E;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, E, d.D, 1.0f, y, d.D, wr, E, 0.0f,
-                g->logits, E);
+    gemm_run(CblasNoTrans, CblasNoTrans, T, E, d.D, 1.0f, y, d.D, wr, E, 0.0f,
+             g->logits, E);
     const int noisy = c->train && d.noise_std > 0;
     const float sigma = d.noise_std / (float)E;
     *g->noisy = noisy;
@@ -129,9 +130,9 @@ void gates_backward(float *dy, float *dwr, MoeScratch *s, const MoeActs *a, cons
     softmax_backward_rows(gs.dlogits, g.gates, gs.dgates, T, E);
     softmax_backward_rows(gs.dlogits, g.clean, gs.dclean, T, E);
     // logits = y @ Wr
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, d.D, E, 1.0f, gs.dlogits, E, wr, E,
-                1.0f, dy, d.D);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.D, E, T, 1.0f, y, d.D, gs.dlogits, E,
-                1.0f, dwr, E);
+    gemm_run(CblasNoTrans, CblasTrans, T, d.D, E, 1.0f, gs.dlogits, E, wr, E,
+             1.0f, dy, d.D);
+    gemm_run(CblasTrans, CblasNoTrans, d.D, E, T, 1.0f, y, d.D, gs.dlogits, E,
+             1.0f, dwr, E);
     moe_gather_backward(dy, s->dxs, g.tok, d);
 }

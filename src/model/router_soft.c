@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "fastmath.h"
+#include "gemm.h"
 #include "moe.h"
 
 #define NORM_EPS 1e-6f
@@ -185,8 +186,8 @@ static void soft_dispatch(MoeActs *a, MoeScratch *ms, const float *y, const MoeW
     const float scale = w->scale[0];
     rownorm_forward(sa.xn, sa.rn, y, d.B * N, D);
     colnorm_forward(sa.mun, sa.cn, w->mu, D, S);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.B * N, S, D, 1.0f, sa.xn, D, sa.mun,
-                S, 0.0f, sa.raw, S);
+    gemm_run(CblasNoTrans, CblasNoTrans, d.B * N, S, D, 1.0f, sa.xn, D, sa.mun,
+             S, 0.0f, sa.raw, S);
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++) {
         size_t o = (size_t)b * N * S;
@@ -196,8 +197,8 @@ static void soft_dispatch(MoeActs *a, MoeScratch *ms, const float *y, const MoeW
         if (d.uniform_combine)
             for (size_t i = 0; i < (size_t)N * S; i++) sa.cw[o + i] = 1.0f / (float)S;
         // slots (S,D) = Dw^T (S,N) @ y (N,D)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, N, 1.0f, sa.dw + o, S,
-                    y + (size_t)b * N * D, D, 0.0f, s.sd0 + (size_t)b * S * D, D);
+        gemm_run(CblasTrans, CblasNoTrans, S, D, N, 1.0f, sa.dw + o, S,
+                 y + (size_t)b * N * D, D, 0.0f, s.sd0 + (size_t)b * S * D, D);
     }
     to_experts(a->xs, s.sd0, d);
     a->aux = 0;
@@ -213,9 +214,9 @@ static void soft_combine(float *out, const MoeActs *a, MoeScratch *ms, MoeDims d
     #pragma omp parallel for schedule(static)
     for (int b = 0; b < d.B; b++)
         // out (N,D) (+)= Cw (N,S) @ ys (S,D)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, S, 1.0f,
-                    sa.cw + (size_t)b * N * S, S, s.sd0 + (size_t)b * S * D, D,
-                    accumulate ? 1.0f : 0.0f, out + (size_t)b * N * D, D);
+        gemm_run(CblasNoTrans, CblasNoTrans, N, D, S, 1.0f,
+                 sa.cw + (size_t)b * N * S, S, s.sd0 + (size_t)b * S * D, D,
+                 accumulate ? 1.0f : 0.0f, out + (size_t)b * N * D, D);
 }
 
 static void soft_combine_backward(MoeScratch *ms, const float *dout, const MoeActs *a,
@@ -230,10 +231,10 @@ static void soft_combine_backward(MoeScratch *ms, const float *dout, const MoeAc
         size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
         if (d.uniform_combine) memset(s.dC + on, 0, (size_t)N * S * sizeof(float));
         else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, S, D, 1.0f, dout + od, D,
-                        s.sd0 + os, D, 0.0f, s.dC + on, S);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, S, D, N, 1.0f, sa.cw + on, S,
-                    dout + od, D, 0.0f, s.sd1 + os, D);
+            gemm_run(CblasNoTrans, CblasTrans, N, S, D, 1.0f, dout + od, D,
+                     s.sd0 + os, D, 0.0f, s.dC + on, S);
+        gemm_run(CblasTrans, CblasNoTrans, S, D, N, 1.0f, sa.cw + on, S,
+                 dout + od, D, 0.0f, s.sd1 + os, D);
     }
     to_experts(ms->dys, s.sd1, d);
 }
@@ -268,10 +269,10 @@ static void soft_dispatch_backward(float *dy, const MoeW *g, MoeScratch *ms, con
         size_t on = (size_t)b * N * S, od = (size_t)b * N * D, os = (size_t)b * S * D;
         if (d.uniform_dispatch) memset(s.dD + on, 0, (size_t)N * S * sizeof(float));
         else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, S, D, 1.0f, y + od, D,
-                        s.sd0 + os, D, 0.0f, s.dD + on, S);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, D, S, 1.0f, sa.dw + on, S,
-                    s.sd0 + os, D, 1.0f, dy + od, D);
+            gemm_run(CblasNoTrans, CblasTrans, N, S, D, 1.0f, y + od, D,
+                     s.sd0 + os, D, 0.0f, s.dD + on, S);
+        gemm_run(CblasNoTrans, CblasNoTrans, N, D, S, 1.0f, sa.dw + on, S,
+                 s.sd0 + os, D, 1.0f, dy + od, D);
         route_backward_image(s.dD + on, s.col + (size_t)b * 2 * S, s.dC + on, sa.dw + on,
                              sa.cw + on, N, S);
     }
@@ -281,10 +282,10 @@ static void soft_dispatch_backward(float *dy, const MoeW *g, MoeScratch *ms, con
     g->scale[0] += (float)ds;
     cblas_sscal(BN * S, scale, s.dD, 1);
     // raw = xn @ mun
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BN, D, S, 1.0f, s.dD, S, sa.mun, S,
-                0.0f, s.dxn, D);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, S, BN, 1.0f, sa.xn, D, s.dD, S,
-                0.0f, s.dmun, S);
+    gemm_run(CblasNoTrans, CblasTrans, BN, D, S, 1.0f, s.dD, S, sa.mun, S,
+             0.0f, s.dxn, D);
+    gemm_run(CblasTrans, CblasNoTrans, D, S, BN, 1.0f, sa.xn, D, s.dD, S,
+             0.0f, s.dmun, S);
     // xn = y * r: dy += r (dxn - xn <dxn, xn>)
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < BN; i++) {

@@ -9,6 +9,7 @@
 #include "../core/common.h"
 #include "../core/rng.h"
 #include "../dist/dist.h"
+#include "gemm.h"
 #include "layers.h"
 
 static int add(ParamTable *pt, const char *name, InitKind init, float arg, int fi, int fo,
@@ -209,6 +210,7 @@ void vit_build(Vit *m, const Config *c) {
     d->learn_pos = !strcmp(c->posemb, "learn");
     d->qk_norm = c->qk_norm;
     d->loss = !strcmp(c->loss, "sigmoid_xent") ? LOSS_SIGMOID_XENT : LOSS_SOFTMAX_XENT;
+    m->precision = gemm_precision_from_name(c->precision);
     if (c->experts > 0) {
         d->E = c->experts;
         d->router = moe_router_find(c->router);
@@ -388,6 +390,22 @@ static size_t carve(Vit *m, float *base, int B) {
     return off;
 }
 
+// One forward and backward of a B-image step with gemm in planning mode:
+// every product shape gets its primitive and staging now, none inside a
+// step. No arithmetic, no all-to-all; the gradients it touched are zeroed.
+static void plan_gemms(Vit *m, int B) {
+    const VitDims *d = &m->d;
+    float *img = sm_calloc((size_t)B * d->S * d->S * d->C, sizeof(float));
+    float *tgt = sm_calloc((size_t)B * d->K, sizeof(float));
+    gemm_plan_begin();
+    vit_forward(m, img, tgt, B);
+    vit_backward(m, img, tgt, B);
+    gemm_plan_end();
+    vit_zero_grad(m);
+    free(img);
+    free(tgt);
+}
+
 size_t vit_act_floats(Vit *m, int B) {
     int own = !m->a.blk;
     if (own) m->a.blk = sm_calloc((size_t)m->d.L, sizeof(BlockActs));
@@ -413,6 +431,7 @@ void vit_alloc(Vit *m, int B) {
         m->posemb_fixed = sm_malloc((size_t)m->d.Np * m->d.D * sizeof(float));
         posemb_sincos2d(m->posemb_fixed, m->d.G, m->d.D);
     }
+    if (m->precision != GEMM_FP32) plan_gemms(m, B);
 }
 
 void vit_free(Vit *m) {

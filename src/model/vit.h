@@ -97,6 +97,7 @@ typedef struct {
     VitDims d;
     ParamTable pt;
     int B;                           // batch the activations are sized for
+    int precision;                   // GEMM_FP32 | GEMM_BF16 (train.precision, gemm.h)
     float *params, *grads;           // one block each, pt.total floats
     VitW w, g;
     VitActs a;
@@ -124,7 +125,8 @@ size_t vit_act_floats(Vit *m, int B);
 // Derives dimensions and the parameter table from the config (no weights);
 // dies with vit_check_config's message on a bad config.
 void vit_build(Vit *m, const Config *c);
-// Allocates params, grads and activations for batches of up to B images.
+// Allocates params, grads and activations for batches of up to B images;
+// in bf16 also plans every product of a B-image step (gemm.h).
 void vit_alloc(Vit *m, int B);
 void vit_free(Vit *m);
 // Draws the initial parameters (DESIGN.md init rules) from the seed.

@@ -1,6 +1,7 @@
 // ViT forward and backward: the step top to bottom, backward in exact reverse.
 #include <string.h>
 
+#include "gemm.h"
 #include "layers.h"
 #include "vit.h"
 
@@ -88,6 +89,7 @@ double vit_forward(Vit *m, const float *images, const float *targets, int B) {
     const int BN = B * d->N;
     int saveB = m->B;
     m->B = B;
+    gemm_set_precision(m->precision);
     m->aux_loss = 0;
     patch_forward(a->emb, a->patches, images, m->w.emb_w, m->w.emb_b, B, d->S, d->C, d->P, d->D);
     embed_tokens(m, a->blk[0].x);
@@ -202,6 +204,7 @@ void vit_backward(Vit *m, const float *images, const float *targets, int B) {
     (void)images;
     const VitDims *d = &m->d;
     VitActs *a = &m->a;
+    gemm_set_precision(m->precision);
     const int BN = B * d->N, D = d->D;
     zero(a->dlogits, (size_t)B * d->K);
     loss_backward(a->dlogits, a->logits, targets, B, d->K, d->loss);

@@ -1,14 +1,18 @@
 // `softmoe bench`: times the training step (forward, backward, clip, Adam)
-// on random data after warm-up, and the sgemm peak of this machine in the
-// same run, so MFU is a ratio of two measurements taken side by side.
+// on random data after warm-up, and the sgemm and bf16 GEMM peaks of this
+// machine in the same run, so MFU is a ratio of two measurements taken side
+// by side, against the peak of the precision the step ran in.
 #include "bench.h"
 
 #include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../core/common.h"
 #include "../core/rng.h"
 #include "../data/loader.h"
+#include "../model/gemm.h"
 #include "../model/layers.h"
 #include "../model/moe.h"
 #include "../model/vit.h"
@@ -134,6 +138,76 @@ static void bench_blocks(const VitDims *d, int B) {
            ts * 1e3, tm / ts, B * d->N, tn * 1e3, tm / tn);
 }
 
+// One product of shape s at precision prec (few: the few-row fp32 kernels),
+// best of reps; a shape the step runs inside a parallel region runs on every
+// thread at once, each into its own C, and counts wall time / threads.
+static double time_shape(const GemmShape *s, int prec, int few, const float *A, const float *B,
+                         float *C, size_t cstride, int reps) {
+    CBLAS_TRANSPOSE ta = s->ta ? CblasTrans : CblasNoTrans, tb = s->tb ? CblasTrans : CblasNoTrans;
+    gemm_set_precision(prec);
+    double best = 1e30;
+    for (int r = 0; r < reps + 1; r++) {
+        int nt = 1;
+        double t0 = sm_now();
+        #pragma omp parallel if (s->in_parallel)
+        {
+            #pragma omp single
+            nt = omp_get_num_threads();
+            float *c = C + (s->in_parallel ? (size_t)omp_get_thread_num() * cstride : 0);
+            if (!few)
+                gemm_run(ta, tb, s->M, s->N, s->K, s->alpha, A, s->lda, B, s->ldb, s->beta, c,
+                         s->ldc);
+            else if (!s->tb)
+                fewrow_nn(c, A, B, NULL, s->M, s->K, s->N, s->beta != 0.0f);
+            else
+                fewrow_nt(c, A, B, s->M, s->N, s->K, s->beta != 0.0f);
+        }
+        double t = (sm_now() - t0) / nt;
+        if (r > 0 && t < best) best = t;
+    }
+    return best;
+}
+
+// Every product shape of one bf16 training step (planned at build, calls
+// counted over one step): ms per step in fp32 (sgemm, or the few-row kernels
+// where the fp32 step uses them) and in bf16 (as the step runs it: operands
+// converted, then oneDNN), for the README's comparison.
+static void bench_shapes(void) {
+    GemmShape s;
+    size_t na = 0, nb = 0, nc = 0;
+    for (int i = 0; gemm_shape(i, &s) == 0; i++) {
+        size_t a = (size_t)(s.ta ? s.K : s.M) * s.lda, b = (size_t)(s.tb ? s.N : s.K) * s.ldb;
+        size_t c = (size_t)s.M * s.ldc;
+        na = a > na ? a : na, nb = b > nb ? b : nb, nc = c > nc ? c : nc;
+    }
+    const int nt = omp_get_max_threads();
+    Rng r;
+    rng_seed(&r, 5, 6);
+    float *A = filled(na, &r, 1), *B = filled(nb, &r, 1), *C = filled(nc * nt, &r, 1);
+    double t32 = 0, tbf = 0;
+    printf("products of one step (ms per step; x = fp32 / bf16):\n");
+    for (int i = 0; gemm_shape(i, &s) == 0; i++) {
+        if (s.calls == 0) continue;
+        // the fp32 step's expert products: few-row kernels (kernels.c)
+        int few = s.in_parallel && s.M <= 128 && !s.ta && s.alpha == 1.0f &&
+                  s.lda == (s.tb ? s.N : s.K) && s.ldb == (s.tb ? s.K : s.N) && s.ldc == s.N &&
+                  (s.tb ? s.beta == 0.0f : 1);
+        double f = time_shape(&s, GEMM_FP32, 0, A, B, C, nc, 3) * s.calls;
+        double fw = few ? time_shape(&s, GEMM_FP32, 1, A, B, C, nc, 3) * s.calls : 1e30;
+        double b = time_shape(&s, GEMM_BF16, 0, A, B, C, nc, 3) * s.calls;
+        double best32 = fw < f ? fw : f;
+        t32 += best32, tbf += b;
+        printf("  %c%c M=%-5d N=%-5d K=%-5d x%-4ld%s sgemm %7.2f%s bf16 %7.2f  x%.2f  %s\n",
+               "NT"[s.ta], "NT"[s.tb], s.M, s.N, s.K, s.calls, s.in_parallel ? " (per thread)" : "",
+               f * 1e3, few ? "" : "", b * 1e3, best32 / b, s.sgemm ? "rounded sgemm" : s.impl);
+        if (few) printf("      few-row fp32 kernel %7.2f\n", fw * 1e3);
+    }
+    printf("products total: fp32 %.1f ms, bf16 %.1f ms per step (x%.2f)\n", t32 * 1e3, tbf * 1e3,
+           t32 / tbf);
+    gemm_set_precision(GEMM_FP32);
+    free(A); free(B); free(C);
+}
+
 // Images/s the loader alone delivers with `threads` decode threads.
 static double loader_rate(const Config *c, int threads, float *img, float *tgt) {
     LoaderSpec sp = loader_spec_config(c, 1);
@@ -183,8 +257,10 @@ void bench_run(const Config *c, int steps) {
         ld = loader_open(&sp, err, sizeof err);
         if (!ld) sm_die("%s (data.train)", err);
     }
-    double tf = 0, tb = 0, tu = 0, tw = 0;
+    double tf = 0, tb = 0, tu = 0, tw = 0, tbest = 1e30;
     const int warm = 2;
+    GemmInfo g0;
+    gemm_info(&g0);
     // The gradients start at zero and adam_update_zero leaves them zero, so
     // no step needs vit_zero_grad (as in train.c).
     vit_zero_grad(&m);
@@ -203,26 +279,48 @@ void bench_run(const Config *c, int steps) {
                          gs);
         double t3 = sm_now();
         if (s >= warm) tf += t1 - t0, tb += t2 - t1, tu += t3 - t2;
+        if (s >= warm && t3 - t0 < tbest) tbest = t3 - t0;
+        if (s == warm + steps - 2) gemm_reset_calls();  // count the last step's products
     }
+    GemmInfo gi;
+    gemm_info(&gi);
     loader_close(ld);
     double step = (tf + tb + tu) / steps;
     double fwd = vit_flops_per_image(d);
     // training FLOPs: forward + backward (2x forward) per image
     double gflops = 3.0 * fwd * B / step / 1e9;
-    double peak = bench_sgemm_peak(2048, 3);
+    double peak32 = bench_sgemm_peak(2048, 3);
+    double peak16 = gemm_bf16_peak(2048, 3);
+    const int bf16 = m.precision != GEMM_FP32;
+    double peak = bf16 && peak16 > 0 ? peak16 : peak32;
     printf("model: D=%d L=%d H=%d M=%d patch=%d image=%d N=%d K=%d pool=%s, %.2fM params\n",
            d->D, d->L, d->H, d->M, d->P, d->S, d->N, d->K, c->pool, (double)n / 1e6);
     printf("batch: %d, steps timed: %d (after %d warm-up)\n", B, steps, warm);
     printf("step: %.3f s (forward %.3f, backward %.3f, clip+adam %.3f)\n", step, tf / steps,
            tb / steps, tu / steps);
     printf("img_per_s: %.2f\n", B / step);
+    printf("best_step: %.3f s (%.2f img/s, best of %d)\n", tbest, B / tbest, steps);
     if (ld) printf("data_wait: %.1f%% of the step (%.4f s per batch)\n",
                    100.0 * tw / steps / (step + tw / steps), tw / steps);
     printf("model_gflops_per_s: %.1f (3 x %.3f GFLOP forward per image)\n", gflops, fwd / 1e9);
-    printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of 3)\n", peak);
-    printf("mfu: %.1f%%\n", 100.0 * gflops / peak);
+    if (!bf16)
+        printf("precision: fp32 (sgemm%s)\n", d->n_moe ? ", few-row AVX-512 kernels for the experts" : "");
+    else if (gi.have_dnnl && gi.sgemm_plans < gi.plans)
+        printf("precision: bf16 (oneDNN %s, isa %s: %s; %d product shapes planned at build, %d "
+               "later, %d through rounded sgemm)\n", gi.version, gi.isa, gi.impls, g0.plans,
+               gi.late_plans, gi.sgemm_plans);
+    else
+        printf("precision: bf16 (bf16-rounded inputs through sgemm: %s; same numbers, no speed-up; "
+               "%d product shapes planned at build, %d later)\n",
+               gi.have_dnnl ? "oneDNN has no bf16 matmul for this CPU" : "built without oneDNN",
+               g0.plans, gi.late_plans);
+    printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of 3)\n", peak32);
+    if (peak16 > 0) printf("bf16_gemm_peak_gflops_per_s: %.1f (oneDNN, 2048^3, best of 3)\n", peak16);
+    printf("mfu: %.1f%% (against the %s peak)\n", 100.0 * gflops / peak,
+           bf16 && peak16 > 0 ? "bf16" : "sgemm");
     printf("peak_rss_mb: %.0f\n", (double)sm_peak_rss() / 1048576.0);
     if (d->n_moe) bench_blocks(d, B);
+    if (bf16 && getenv("SOFTMOE_BENCH_SHAPES")) bench_shapes();
     free(opt_m); free(opt_v); free(wd); free(img); free(tgt);
     vit_free(&m);
 }

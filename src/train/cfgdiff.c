@@ -46,12 +46,14 @@ static int entries(const char *ini, Entry **out) {
 }
 
 // Keys that do not change what is trained: how long, how it is logged,
-// checkpointed, evaluated, where, with how many threads and ranks.
+// checkpointed, evaluated, where, with how many threads and ranks, and the
+// matmul precision (checkpoints are fp32 in both modes and resume in either).
 static int harmless(const char *key) {
     static const char *keys[] = {"train.steps", "train.workdir", "train.log_every",
                                  "train.ckpt_every", "train.keep_ckpts", "train.keep_every",
                                  "train.init", "train.resume", "train.allow_config_change",
                                  "train.allow_oversubscribe_memory", "train.microbatch",
+                                 "train.precision",
                                  "data.val", "data.pp_eval", "data.threads"};
     static const char *sections[] = {"eval.", "fewshot.", "dist.", "bench.", "debug."};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)

@@ -1,0 +1,78 @@
+// The one entry point every GEMM-shaped product of the model goes through
+// (patch embedding, q/k/v/out, both attention products, MLPs and experts,
+// the Soft MoE logits, dispatch and combine, the heads, and every backward
+// product), so that train.precision switches all of them at once.
+//
+//   fp32  cblas_sgemm (and the few-row expert kernels), the numerics as before.
+//   bf16  inputs rounded to bfloat16 (8-bit mantissa, round to nearest even),
+//         products accumulated in fp32, fp32 output: a TPU's default matmul
+//         precision. With oneDNN (libdnnl) the product is its bf16 matmul
+//         primitive (AVX512-BF16 dot products where the CPU has them, its own
+//         AVX512 emulation where not). Built without oneDNN, or on a CPU for
+//         which oneDNN has no bf16 matmul (before AVX512), the rounded inputs
+//         go through sgemm: the same numbers, slower (a bf16 x bf16 product
+//         is exact in fp32, so only the summation order differs).
+//
+// The precision and the plan cache are process-wide state, like BLAS's
+// thread count: vit_forward/vit_backward set the model's precision on entry.
+// oneDNN primitives are created per shape by a planning pass at model build
+// (gemm_plan_begin/end around one forward and backward that does no
+// arithmetic), never inside a training step; a shape first seen later (an
+// evaluation's short last batch) is created then and counted in gemm_info.
+#pragma once
+#include <cblas.h>
+#include <stddef.h>
+
+enum {
+    GEMM_FP32 = 0,
+    GEMM_BF16 = 1,      // oneDNN when built with it, else the rounded-sgemm path
+    GEMM_BF16_REF = 2,  // always the rounded-sgemm path (tests compare the two)
+};
+
+// Sets the precision of every following gemm_run (process-wide).
+void gemm_set_precision(int precision);
+int gemm_precision(void);
+// GEMM_FP32 or GEMM_BF16 from the config text "fp32" / "bf16".
+int gemm_precision_from_name(const char *name);
+
+// C (M,N) = alpha op(A) op(B) + beta C, row-major, operands as cblas_sgemm's.
+void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+              const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+// Planning: between begin and end, gemm_run creates what each new shape needs
+// (primitive, staging buffers) and computes nothing. Callers must not use the
+// outputs of a planning pass; softmoe skips its all-to-alls (gemm_planning()).
+void gemm_plan_begin(void);
+void gemm_plan_end(void);
+int gemm_planning(void);
+
+typedef struct {
+    int have_dnnl;            // built with oneDNN
+    char isa[64];             // oneDNN's effective ISA, e.g. "avx512_core_bf16"
+    char version[32];         // oneDNN version
+    int plans;                // shapes planned so far
+    int late_plans;           // of which created outside a planning pass
+    int sgemm_plans;          // of which run as rounded inputs through sgemm (no oneDNN
+                              // bf16 matmul for this CPU, or GEMM_BF16_REF)
+    char impls[256];          // distinct oneDNN implementations chosen, e.g. "brg:avx512_core_bf16"
+} GemmInfo;
+void gemm_info(GemmInfo *info);
+
+// Planned shape i (0 <= i < plans) and how often it ran since the last
+// gemm_reset_calls; returns -1 past the end.
+typedef struct {
+    int ta, tb, M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    long calls;
+    int in_parallel;          // last called inside a parallel region (one thread each)
+    int sgemm;                // rounded inputs through sgemm
+    char impl[64];            // oneDNN implementation
+} GemmShape;
+int gemm_shape(int i, GemmShape *s);
+void gemm_reset_calls(void);
+// GFLOP/s of the bf16 product on n x n x n, operands already in bf16 (the
+// library's own speed, no conversion), best of reps; 0 without oneDNN.
+double gemm_bf16_peak(int n, int reps);
+
+// Rounds n floats to the nearest bfloat16 (ties to even), kept as floats.
+void gemm_round_bf16(float *out, const float *in, size_t n);
