@@ -396,7 +396,7 @@ static void trainer_setup(Trainer *t, const Config *c) {
 static void lock_workdir(Trainer *t, const Config *c) {
     if (t->rank != 0) return;
     sm_mkdirs(c->workdir);
-    char path[CFG_PATH + 16], pid[64] = "";
+    char path[CFG_PATH + 300], pid[64] = "";  // workdir + "/" + a directory entry
     snprintf(path, sizeof path, "%s/.lock", c->workdir);
     int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0) sm_die("cannot open the workdir lock '%s': %s", path, strerror(errno));
