@@ -101,18 +101,20 @@ test: found $(BIN) $(TESTS)
 # The default run trains on Fashion-MNIST shards, written once from the idx
 # files of Debian's dataset-fashion-mnist (60k train, 10k test).
 FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
+FMNIST_PER_SHARD ?= 10000
 FMNIST     := data/fmnist
 $(FMNIST)/test-000000.tar: | $(BIN)
-	$(BIN) shards fmnist $(FMNIST_IDX) $(FMNIST) 10000
+	$(BIN) shards fmnist $(FMNIST_IDX) $(FMNIST) $(FMNIST_PER_SHARD)
 
 train: found $(BIN) $(if $(filter fmnist_softmoe finetune_fmnist,$(CONFIG)),$(FMNIST)/test-000000.tar)
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)
 
 # ViT-S/16 at 224 px, batch 8, 1000 classes: dense, Soft MoE 32x4 and 128x1
-# (the last needs ~15 GB of RAM), then the default config. Random images: the
-# paper configs name JFT shards (jft.ini), which bench would otherwise open.
+# (the last needs ~15 GB of RAM), then the default config on its Fashion-MNIST
+# shards (written first if missing). Random images for S/16: the paper configs
+# name JFT shards (jft.ini), which bench would otherwise open.
 S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent data.source=synthetic
-bench: found $(BIN)
+bench: found $(BIN) $(FMNIST)/test-000000.tar
 	$(BIN) bench configs/vit_s16.ini $(S16) $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) $(ARGS)

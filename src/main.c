@@ -31,7 +31,8 @@ static void usage(FILE *f) {
             "              -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
             "            softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]   ROOT/<class>/<image>\n"
             "            softmoe shards synth OUT_PREFIX N [PER_SHARD]       N synthetic 320x240 JPEGs\n"
-            "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 optim.lr=5e-4\n");
+            "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 schedule.warmup_steps=20 "
+            "optim.lr=5e-4\n");
 }
 
 static void load_config(Config *c, int argc, char **argv) {

@@ -77,6 +77,7 @@ static const KeyDef KEYS[] = {
     {"train", "resume", T_ENUM, F(resume), "latest", "latest|latest_valid|none", NOMIN},
     {"eval", "every", T_INT, F(eval_every), "0", NULL, 0},
     {"eval", "batch_size", T_INT, F(eval_batch_size), "64", NULL, 1},
+    {"eval", "synthetic_images", T_INT, F(eval_synthetic), "1024", NULL, 1},
     {"fewshot", "every", T_INT, F(fewshot_every), "0", NULL, 0},
     {"fewshot", "shots", T_STR, F(fewshot_shots), "1,5,10,25", NULL, NOMIN},
     {"fewshot", "seeds", T_INT, F(fewshot_seeds), "3", NULL, 1},
@@ -580,12 +581,16 @@ static int validate(const Config *c, const char *o, char *err, size_t errlen) {
     if (c->eps <= 0) return fail(err, errlen, o, 0, "optim.eps = %g must be > 0", c->eps);
     if (c->timescale <= 0)
         return fail(err, errlen, o, 0, "schedule.timescale = %g must be > 0", c->timescale);
+    // A short run of a long recipe: say which overrides make it consistent.
     if (c->cooldown_steps > c->steps)
-        return fail(err, errlen, o, 0, "schedule.cooldown_steps = %ld exceeds train.steps = %ld",
-                    c->cooldown_steps, c->steps);
+        return fail(err, errlen, o, 0, "schedule.cooldown_steps = %ld exceeds train.steps = %ld "
+                    "(for a short run scale the schedule too, e.g. schedule.cooldown_steps=%ld "
+                    "schedule.warmup_steps=%ld)", c->cooldown_steps, c->steps, c->steps / 5,
+                    c->warmup_steps < c->steps / 5 ? c->warmup_steps : c->steps / 5);
     if (c->steps > 0 && c->warmup_steps > c->steps)
-        return fail(err, errlen, o, 0, "schedule.warmup_steps = %ld exceeds train.steps = %ld",
-                    c->warmup_steps, c->steps);
+        return fail(err, errlen, o, 0, "schedule.warmup_steps = %ld exceeds train.steps = %ld "
+                    "(for a short run scale the schedule too, e.g. schedule.warmup_steps=%ld)",
+                    c->warmup_steps, c->steps, c->steps / 5);
     return 0;
 }
 

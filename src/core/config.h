@@ -69,6 +69,7 @@ typedef struct {
     // [eval]
     int eval_every;
     int eval_batch_size;
+    int eval_synthetic;          // held-out images of data.source = synthetic
 
     // [fewshot]
     int fewshot_every;

@@ -116,15 +116,15 @@ static void bench_blocks(const VitDims *d, int B) {
            tm * 1e3, d->E, d->EP, d->ES, d->ES, ts * 1e3, tm / ts, d->N, tn * 1e3, tm / tn);
 }
 
-// Images/s the loader alone delivers with `threads` decode threads.
-static double loader_rate(const Config *c, int threads, float *img, float *tgt) {
+// Images/s the loader alone delivers with `threads` decode threads over nb
+// batches (20 normally; fewer for a bench of very few steps).
+static double loader_rate(const Config *c, int threads, int nb, float *img, float *tgt) {
     LoaderSpec sp = loader_spec_config(c, 1);
     sp.threads = threads, sp.quiet = 1;
     char err[1024];
     Loader *l = loader_open(&sp, err, sizeof err);
     if (!l) sm_die("%s (data.train)", err);
     loader_next(l, img, tgt, NULL);  // the first batch pays for thread start and file opening
-    const int nb = 20;
     double t0 = sm_now();
     for (int i = 0; i < nb; i++) loader_next(l, img, tgt, NULL);
     double rate = nb * sp.B / (sm_now() - t0);
@@ -158,7 +158,7 @@ void bench_run(const Config *c, int steps) {
     if (strcmp(c->source, "synthetic")) {
         for (int th = 1; th <= 2; th++)
             printf("loader: %.1f img/s with %d decode thread%s (%s, %s)\n",
-                   loader_rate(c, th, img, tgt), th, th > 1 ? "s" : "", c->train, c->pp_train);
+                   loader_rate(c, th, steps < 5 ? 4 * steps : 20, img, tgt), th, th > 1 ? "s" : "", c->train, c->pp_train);
         LoaderSpec sp = loader_spec_config(c, 1);
         sp.quiet = 1;
         char err[1024];

@@ -342,7 +342,7 @@ static void progress(long step, long steps, double loss, double lr, double ips, 
 // Writes one evaluation line to metrics.jsonl (and stderr).
 static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet, double *prec1,
                      double *loss) {
-    long n = 1024;
+    long n = c->eval_synthetic;
     if (t->ld) {
         if (!eval_val(&t->m, c, prec1, loss, &n)) return;
     } else {
@@ -509,6 +509,9 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     }
     if (tty && !res->preempted) fputc('\n', stderr);
     if (!res->preempted) {
+        if (!quiet && !t.ld)
+            fprintf(stderr, "softmoe: final evaluation on %d held-out synthetic images "
+                    "(eval.synthetic_images)\n", c->eval_synthetic);
         log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
         eval_fewshot(&t.m, c, res->steps_done, mf, quiet);
     }
