@@ -321,9 +321,25 @@ static int find_key(const char *section, const char *key, const char *origin, in
     return fail(err, errlen, origin, line, "unknown key '%s'", name);
 }
 
-// fewshot.<name> = <train source>|<test source>: one per few-shot dataset.
+// fewshot.<name> = <train source>|<test source>: one per few-shot dataset;
+// an empty value removes the set (e.g. `fewshot.fmnist=` on the command line).
 static int set_fewshot_set(Config *c, const char *key, const char *value, const char *origin,
                            int line, char *err, size_t errlen) {
+    if (!value[0]) {
+        for (int i = 0; i < c->n_fewshot; i++) {
+            if (strcmp(c->fewshot_name[i], key)) continue;
+            for (int j = i + 1; j < c->n_fewshot; j++) {
+                memcpy(c->fewshot_name[j - 1], c->fewshot_name[j], sizeof c->fewshot_name[j]);
+                memcpy(c->fewshot_data[j - 1], c->fewshot_data[j], sizeof c->fewshot_data[j]);
+            }
+            c->n_fewshot--;
+            // zeroed, so that configs with the same sets compare equal with memcmp
+            memset(c->fewshot_name[c->n_fewshot], 0, sizeof c->fewshot_name[0]);
+            memset(c->fewshot_data[c->n_fewshot], 0, sizeof c->fewshot_data[0]);
+            return 0;
+        }
+        return 0;  // removing a set that is not there leaves nothing to do
+    }
     const char *bar = strchr(value, '|');
     if (!bar || bar == value || !bar[1] || strchr(bar + 1, '|'))
         return fail(err, errlen, origin, line,
@@ -562,9 +578,32 @@ static int validate_ranges(const Config *c, const char *o, char *err, size_t err
     return 0;
 }
 
+// A comma-separated list of at most max numbers, each > 0 (and whole when
+// integers): fewshot.shots and fewshot.l2_sweep.
+static int check_list(const char *s, const char *name, int integers, int max, const char *o,
+                      char *err, size_t errlen) {
+    int n = 0;
+    for (const char *p = s; *p;) {
+        char *end;
+        double v = strtod(p, &end);
+        while (*end == ' ') end++;
+        if (end == p || (*end && *end != ',') || !(v > 0) || (integers && v != floor(v)))
+            return fail(err, errlen, o, 0, "%s = '%s' is not a comma-separated list of positive "
+                        "%s (e.g. %s)", name, s, integers ? "integers" : "numbers",
+                        integers ? "1,5,10,25" : "1,32,1024");
+        if (++n > max) return fail(err, errlen, o, 0, "%s lists more than %d values", name, max);
+        p = *end ? end + 1 : end;
+        while (*p == ' ') p++;
+    }
+    return 0;
+}
+
 // The rules that tie keys together, checked once everything is resolved.
 static int validate(const Config *c, const char *o, char *err, size_t errlen) {
     if (validate_ranges(c, o, err, errlen) != 0) return -1;
+    if (check_list(c->fewshot_shots, "fewshot.shots", 1, 16, o, err, errlen) != 0 ||
+        check_list(c->fewshot_l2_sweep, "fewshot.l2_sweep", 0, 32, o, err, errlen) != 0)
+        return -1;
     if (c->width % c->heads)
         return fail(err, errlen, o, 0, "model.width = %d is not divisible by model.heads = %d",
                     c->width, c->heads);
@@ -692,4 +731,17 @@ int config_write(const Config *c, const char *path) {
     free(text);
     errno = saved;
     return rc;
+}
+
+// ---------------------------------------------------------------- key list
+
+int config_nkeys(void) { return (int)NKEYS; }
+
+void config_key_info(int i, ConfigKeyInfo *out) {
+    static const char *type_name[] = {
+        [T_INT] = "int", [T_LONG] = "int", [T_U64] = "uint64", [T_DOUBLE] = "number",
+        [T_BOOL] = "bool", [T_STR] = "string", [T_ENUM] = "enum", [T_SLOTS] = "int|auto",
+        [T_VARIANT] = "variant"};
+    const KeyDef *k = &KEYS[i];
+    *out = (ConfigKeyInfo){k->section, k->key, type_name[k->type], k->def, k->choices};
 }

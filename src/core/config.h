@@ -109,3 +109,13 @@ int config_set(Config *c, const char *section, const char *key, const char *valu
 size_t config_to_ini(const Config *c, char *buf, size_t buflen);
 // Writes it to a file; returns 0 or -1 with errno set.
 int config_write(const Config *c, const char *path);
+
+// The key table, for `softmoe keys`: section, key, type name ("int",
+// "number", "bool", "string", "enum", ...), default as INI text, and for
+// enums the choices "a|b|c" (else NULL).
+typedef struct { const char *section, *key, *type, *def, *choices; } ConfigKeyInfo;
+int config_nkeys(void);
+void config_key_info(int i, ConfigKeyInfo *out);
+// One line of documentation per key (config_doc.c); NULL for a key without.
+const char *config_key_doc(const char *section, const char *key);
+int config_doc_count(void);  // lines in the doc list (each must name a key)

@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../core/common.h"
 #include "../data/loader.h"
@@ -23,6 +24,28 @@ static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K
     Loader *l = loader_open(&sp, err, sizeof err);
     if (!l) sm_die("%s (evaluation data '%s')", err, paths);
     return l;
+}
+
+// On a terminal (rank 0), one updating line while an evaluation reads its
+// data: a Fashion-MNIST evaluation is otherwise tens of seconds of silence.
+typedef struct { const char *what; double t0, last; long n; int tty; } Progress;
+
+static void progress_start(Progress *p, const char *what) {
+    *p = (Progress){.what = what, .t0 = sm_now(), .tty = dist_rank() == 0 && isatty(2)};
+}
+
+static void progress_add(Progress *p, int got) {
+    p->n += got;
+    double now = sm_now();
+    if (!p->tty || (p->last > 0 && now - p->last < 0.5)) return;
+    p->last = now;
+    fprintf(stderr, "\r\033[Kevaluating %.60s: %ld images (%.0f img/s)", p->what,
+            p->n * dist_world(), p->n * dist_world() / (now - p->t0 + 1e-9));
+    fflush(stderr);
+}
+
+static void progress_end(const Progress *p) {
+    if (p->tty && p->last > 0) fprintf(stderr, "\r\033[K"), fflush(stderr);
 }
 
 // The next evaluation batch of this rank (none once *done), padded so that
@@ -52,12 +75,15 @@ int eval_features(Vit *m, const Config *c, const char *paths, int per_class, flo
     int *lab = sm_malloc((size_t)B * sizeof(int)), *count = NULL, ncount = 0;
     int n = 0, cap = 0, got, full = 0, done = 0, Bs;
     long since_new = 0;  // samples read since a class last gained an image
+    Progress pr;
+    progress_start(&pr, paths);
     float *Xl = NULL;
     int *yl = NULL;
     // Shards carry no class count: with a per-class cap, stop once every
     // class seen is full and 20 caps' worth of samples brought nothing new.
     while ((Bs = next_eval_batch(l, m, img, NULL, lab, &done, &got)) > 0) {
         vit_forward(m, img, NULL, Bs);
+        progress_add(&pr, got);
         for (int b = 0; b < got; b++) {
             int k = lab[b];
             if (k >= ncount) {
@@ -83,6 +109,7 @@ int eval_features(Vit *m, const Config *c, const char *paths, int per_class, flo
         }
         if (per_class > 0 && full == ncount && since_new > 20L * per_class) done = 1;
     }
+    progress_end(&pr);
     loader_close(l);
     free(img), free(lab), free(count);
     // Every rank gets every rank's features (in rank order); the cap is then
@@ -129,13 +156,17 @@ int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n) {
     float *tgt = sm_malloc((size_t)m->B * d->K * sizeof(float));
     double v[3] = {0, 0, 0};  // correct, seen, loss sum (summed over ranks)
     int Bs, got, done = 0;
+    Progress pr;
+    progress_start(&pr, c->val);
     while ((Bs = next_eval_batch(l, m, img, tgt, NULL, &done, &got)) > 0) {
         vit_forward(m, img, NULL, Bs);
+        progress_add(&pr, got);
         if (got == 0) continue;
         v[2] += loss_forward(NULL, m->a.logits, tgt, got, d->K, d->loss) * got;
         v[0] += eval_correct(m->a.logits, tgt, got, d->K);
         v[1] += got;
     }
+    progress_end(&pr);
     loader_close(l);
     free(img), free(tgt);
     dist_sum(v, 3);
