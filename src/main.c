@@ -1,4 +1,4 @@
-// The `softmoe` command: train, params, bench, eval, inspect, shards, keys.
+// The `softmoe` command: train, params, bench, eval, predict, inspect, shards, keys.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,11 +8,13 @@
 
 #include "core/common.h"
 #include "core/config.h"
+#include "data/classes.h"
 #include "data/shards.h"
 #include "model/vit.h"
 #include "train/bench.h"
 #include "train/ckpt.h"
 #include "eval/eval.h"
+#include "eval/predict.h"
 #include "train/train.h"
 #include "dist/dist.h"
 
@@ -37,6 +39,13 @@ static const Cmd CMDS[] = {
      "val/prec@1 and val/loss on data.val and few-shot accuracy on every\n"
      "fewshot.<name> = <train>|<test>, as JSON lines; the checkpoint's own config plus the\n"
      "overrides. A CONFIG.ini evaluates the freshly initialised model (a baseline).\n"},
+    {"predict", "predict CKPT.h5 IMAGE|FOLDER... [--top K] [--json] [overrides]",
+     "The top K (default 5) classes and probabilities of each image (JPEG or PNG; a folder:\n"
+     "every file under it, sorted) under the checkpoint's model and data.pp_eval, in batches\n"
+     "of eval.batch_size: softmax probabilities (sigmoid for sigmoid_xent). Class names come\n"
+     "from the training data: classes.txt beside the shards, or a folder's class subfolders.\n"
+     "One line per image: FILE:  CLASS NAME PROB ...; --json: one JSON object per image.\n"
+     "Exit 1 when an image could not be read (the others are still reported).\n"},
     {"inspect", "inspect CKPT.h5",
      "Format version, step, world size, config and every parameter's name, shape, count.\n"},
     {"shards", "shards fmnist|folder|synth ...",
@@ -243,6 +252,12 @@ static int cmd_shards(int argc, char **argv) {
         if (n < 0) sm_die("%s", err);
         printf("wrote %ld %s samples to %s-*.tar\n", n, split[i][1], prefix);
     }
+    // Fashion-MNIST's label names (its README), for predict and warnings
+    char *names[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                     "Sneaker", "Bag", "Ankle boot"};
+    snprintf(prefix, sizeof prefix, "%s/classes.txt", argv[4]);
+    if (classes_write(prefix, names, 10, err, sizeof err) != 0) sm_die("%s", err);
+    printf("wrote %s\n", prefix);
     return 0;
 }
 
@@ -319,6 +334,7 @@ static int run(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "keys")) return cmd_keys(argc, argv);
+    if (!strcmp(cmd, "predict")) return predict_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "shards")) return cmd_shards(argc, argv);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(cmd, "inspect")) {

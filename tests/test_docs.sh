@@ -71,7 +71,7 @@ FMNIST_STEPS="train.steps=2 schedule.warmup_steps=1"
 # (continued lines joined)
 awk '/^```/ { inb = !inb; next }
      inb { if (sub(/\\$/, "")) { cont = cont $0; next } print cont $0; cont = "" }' README.md |
-    grep -E '^(build/softmoe|make|mpirun|scripts/|OMP_NUM_THREADS|sh |softmoe )' |
+    grep -E '^(build/softmoe|make|mpirun|scripts/|OMP_NUM_THREADS|sh |softmoe |mkdir |tar )' |
     sed -e 's/[[:space:]]*#.*$//' -e 's/[[:space:]]*$//' >"$T/readme_cmds"
 
 handled() {  # handled LINE: prints how this test treats a README line
@@ -83,10 +83,13 @@ handled() {  # handled LINE: prints how this test treats a README line
     "make train CONFIG=vit_s16 "*) echo run ;;
     "build/softmoe eval configs/fmnist_softmoe.ini"*) echo run ;;
     "build/softmoe inspect runs/fmnist_softmoe/"*) echo run ;;
+    "build/softmoe predict runs/fmnist_softmoe/"*) echo run ;;
+    "mkdir -p data/fmnist-png && tar -xf data/fmnist/"*) echo run ;;
+    "build/softmoe keys"|"build/softmoe train --help") echo run ;;
     "build/softmoe shards fmnist /usr/share/datasets/fashion-mnist "*) echo run-idx ;;
     "build/softmoe shards synth "*) echo run-tmp ;;
     "scripts/plot.py "*) echo plot ;;
-    *CONFIG.ini*|*WORKDIR*|*"fmnist|folder|synth ..."*) echo "template: placeholders" ;;
+    *CONFIG.ini*|*CKPT.h5*|*WORKDIR*|*"fmnist|folder|synth ..."*) echo "template: placeholders" ;;
     *"/data/"*|*"runs/b16"*|*"/shared/"*) echo "template: names the user's own data or cluster" ;;
     *) echo none ;;
     esac
