@@ -52,7 +52,8 @@ static const Cmd CMDS[] = {
      "Writes WebDataset shards (PNG or JPEG + .cls members):\n"
      "  softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]   Fashion-MNIST idx files\n"
      "    -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
-     "  softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]   ROOT/<class>/<image>\n"
+     "  softmoe shards folder ROOT OUT_PREFIX [PER_SHARD [SEED]]   ROOT/<class>/<image>,\n"
+     "    samples shuffled across the shards (seeded), classes.txt beside them\n"
      "  softmoe shards synth OUT_PREFIX N [PER_SHARD]       N synthetic 320x240 JPEGs\n"},
     {"keys", "keys [SECTION]",
      "Every config key with its type, default and one line of documentation.\n"},
@@ -218,7 +219,7 @@ static int cmd_shards(int argc, char **argv) {
     if (argc < 5 || (strcmp(argv[2], "fmnist") && strcmp(argv[2], "folder") &&
                      strcmp(argv[2], "synth"))) {
         fprintf(stderr, "softmoe: error: usage: softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]"
-                        " | softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]"
+                        " | softmoe shards folder ROOT OUT_PREFIX [PER_SHARD [SEED]]"
                         " | softmoe shards synth OUT_PREFIX N [PER_SHARD]\n");
         return 2;
     }
@@ -240,9 +241,11 @@ static int cmd_shards(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[2], "folder")) {
-        long n = shards_write_folder(argv[3], argv[4], per, err, sizeof err);
+        uint64_t seed = argc > 6 ? strtoull(argv[6], NULL, 10) : 0;
+        long n = shards_write_folder(argv[3], argv[4], per, seed, err, sizeof err);
         if (n < 0) sm_die("%s", err);
-        printf("wrote %ld samples from %s to %s-*.tar\n", n, argv[3], argv[4]);
+        printf("wrote %ld samples from %s to %s-*.tar (shuffled, seed %llu) and classes.txt beside "
+               "them\n", n, argv[3], argv[4], (unsigned long long)seed);
         return 0;
     }
     const char *split[2][2] = {{"train", "train"}, {"t10k", "test"}};
