@@ -51,6 +51,7 @@ static const KeyDef KEYS[] = {
     {"data", "source", T_ENUM, F(source), "synthetic", "synthetic|shards|folder", NOMIN},
     {"data", "train", T_STR, F(train), "", NULL, NOMIN},
     {"data", "val", T_STR, F(val), "", NULL, NOMIN},
+    {"data", "val_labels", T_STR, F(val_labels), "", NULL, NOMIN},
     {"data", "pp_train", T_STR, F(pp_train), "inception_crop(224)|flip_lr|value_range(-1,1)", NULL, NOMIN},
     {"data", "pp_eval", T_STR, F(pp_eval), "resize_small(256)|central_crop(224)|value_range(-1,1)", NULL, NOMIN},
     {"data", "threads", T_INT, F(threads), "2", NULL, 1},

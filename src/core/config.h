@@ -38,6 +38,7 @@ typedef struct {
     char source[CFG_STR];        // synthetic | shards | folder
     char train[CFG_PATH];
     char val[CFG_PATH];
+    char val_labels[CFG_PATH];   // labels file of a flat validation folder
     char pp_train[CFG_STR];
     char pp_eval[CFG_STR];
     int threads;

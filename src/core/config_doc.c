@@ -29,6 +29,7 @@ static const struct { const char *name, *doc; } DOCS[] = {
     {"data.source", "synthetic (seeded random task), shards (WebDataset tars) or folder (ROOT/<class>/<image>)"},
     {"data.train", "training data: shard patterns ({000000..000009} ranges, comma-separated) or a folder"},
     {"data.val", "held-out data for val/prec@1 and val/loss (shards or a folder); empty: none"},
+    {"data.val_labels", "labels of a flat data.val folder: one class per line in file order, or a CSV file,wnid"},
     {"data.pp_train", "training preprocessing chain, ops joined by |; must end at model.image_size"},
     {"data.pp_eval", "evaluation preprocessing chain (validation, few-shot, predict)"},
     {"data.threads", "image decode threads of the loader"},

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "../core/common.h"
+#include "../data/classes.h"
 #include "../data/loader.h"
 #include "../dist/dist.h"
 #include "../model/layers.h"
@@ -14,14 +15,26 @@
 
 const char *eval_source_kind(const char *paths) { return strstr(paths, ".tar") ? "shards" : "folder"; }
 
-// Under MPI each rank reads its share of the shards (or folder files).
-static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class) {
+// Under MPI each rank reads its share of the shards (or folder files). A
+// folder's classes are numbered by the names of the source names_src (of
+// kind names_kind) when it names them: the training data for data.val, a
+// few-shot set's train part for its test part. labels: a flat folder's file.
+static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class,
+                         const char *names_kind, const char *names_src, const char *labels) {
     LoaderSpec sp = loader_spec_config(c, 0);
     sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = K, sp.B = m->B;
     sp.quiet = 1, sp.per_class = per_class;
     sp.rank = dist_rank(), sp.world = dist_world();
-    char err[1024];
+    sp.labels = labels && labels[0] ? labels : NULL;
+    char **names = NULL, err[1024], from[CFG_PATH + 32];
+    int nnames = 0;
+    if (!strcmp(sp.source, "folder") && names_src && strcmp(names_src, paths) &&
+        strcmp(names_kind, "synthetic") && classes_of_source(names_kind, names_src, &names, &nnames) == 0) {
+        snprintf(from, sizeof from, "'%s'", names_src);
+        sp.class_names = names, sp.nclass_names = nnames, sp.names_from = from;
+    }
     Loader *l = loader_open(&sp, err, sizeof err);
+    classes_free(names, nnames);  // used while opening only
     if (!l) sm_die("%s (evaluation data '%s')", err, paths);
     return l;
 }
@@ -68,9 +81,11 @@ static int next_eval_batch(Loader *l, const Vit *m, float *img, float *tgt, int 
     return B;
 }
 
-int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y) {
+int eval_features(Vit *m, const Config *c, const char *paths, int per_class,
+                  const char *names_src, float **X, int **y) {
     const int D = m->d.D, B = m->B;
-    Loader *l = open_eval(m, c, paths, 0, per_class);
+    Loader *l = open_eval(m, c, paths, 0, per_class, names_src ? eval_source_kind(names_src) : "",
+                         names_src, NULL);
     float *img = sm_aligned((size_t)B * m->d.S * m->d.S * m->d.C * sizeof(float));
     int *lab = sm_malloc((size_t)B * sizeof(int)), *count = NULL, ncount = 0;
     int n = 0, cap = 0, got, full = 0, done = 0, Bs;
@@ -151,7 +166,7 @@ int eval_correct(const float *logits, const float *targets, int B, int K) {
 int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n) {
     if (!c->val[0]) return 0;
     const VitDims *d = &m->d;
-    Loader *l = open_eval(m, c, c->val, d->K, 0);
+    Loader *l = open_eval(m, c, c->val, d->K, 0, c->source, c->train, c->val_labels);
     float *img = sm_aligned((size_t)m->B * d->S * d->S * d->C * sizeof(float));
     float *tgt = sm_malloc((size_t)m->B * d->K * sizeof(float));
     double v[3] = {0, 0, 0};  // correct, seen, loss sum (summed over ranks)
@@ -202,8 +217,8 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
         *test++ = '\0';
         float *Xtr, *Xte;
         int *ytr, *yte, K = 0;
-        int ntr = eval_features(m, c, train, c->fewshot_per_class, &Xtr, &ytr);
-        int nte = eval_features(m, c, test, 0, &Xte, &yte);
+        int ntr = eval_features(m, c, train, c->fewshot_per_class, NULL, &Xtr, &ytr);
+        int nte = eval_features(m, c, test, 0, train, &Xte, &yte);
         for (int i = 0; i < ntr; i++) K = ytr[i] + 1 > K ? ytr[i] + 1 : K;
         for (int i = 0; i < nte; i++) K = yte[i] + 1 > K ? yte[i] + 1 : K;
         if (out) fprintf(out, "{\"step\": %ld", step);

@@ -13,10 +13,13 @@ const char *eval_source_kind(const char *paths);
 
 // Pre-logits features (n, D) and first labels of `paths` read once in order
 // with the eval preprocessing, at most per_class images per class (0: all),
-// in batches of m->B. Under MPI the ranks split the data and every rank gets
-// all features, in rank order (collective). *X, *y malloc'd. Returns n; dies
-// naming the source on errors.
-int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y);
+// in batches of m->B. A folder's classes are numbered by the class names of
+// the source names_src (NULL: its own sorted subfolders), so a test folder
+// matches its train folder by name. Under MPI the ranks split the data and
+// every rank gets all features, in rank order (collective). *X, *y malloc'd.
+// Returns n; dies naming the source on errors.
+int eval_features(Vit *m, const Config *c, const char *paths, int per_class,
+                  const char *names_src, float **X, int **y);
 
 // How many of B images have their top logit on one of their labels:
 // logits and targets (B,K).
