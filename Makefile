@@ -23,7 +23,7 @@ comma := ,
 
 # A fresh machine: install the Debian packages before probing (not for clean/deps).
 ifneq ($(filter-out clean deps,$(or $(MAKECMDGOALS),all)),)
-  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive zlib && command -v mpicc >/dev/null && echo ok),ok)
+  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive zlib libzip && command -v mpicc >/dev/null && echo ok),ok)
     $(info softmoe: Debian packages missing, running scripts/install-deps.sh)
     $(shell sh scripts/install-deps.sh >&2)
   endif
@@ -35,7 +35,8 @@ BLAS_PC := $(firstword $(foreach p,openblas blas,$(if $(call have,$(p)),$(p))))
 HDF5_PC := $(if $(call have,hdf5-serial),hdf5-serial)
 PKGS    := $(BLAS_PC) $(if $(call have,inih),inih) $(HDF5_PC) \
            $(if $(call have,libpng),libpng) $(if $(call have,libjpeg),libjpeg) \
-           $(if $(call have,libarchive),libarchive) $(if $(call have,zlib),zlib)
+           $(if $(call have,libarchive),libarchive) $(if $(call have,zlib),zlib) \
+           $(if $(call have,libzip),libzip)
 
 ifeq ($(NO_MPI),1)
   MPICC :=
@@ -71,6 +72,7 @@ found:
 	  "$(if $(call have,libpng),✓ libpng,✗ libpng)" \
 	  "$(if $(call have,libjpeg),✓ libjpeg-turbo,✗ libjpeg-turbo)" \
 	  "$(if $(call have,libarchive),✓ libarchive,✗ libarchive)" \
+	  "$(if $(call have,libzip),✓ libzip (.npz),✗ libzip (.npz))" \
 	  "$(if $(call have,check),✓ Check (tests),✗ Check (tests))" \
 	  "✓ OpenMP ($(CC) -fopenmp)" \
 	  "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI$(if $(filter 1,$(NO_MPI)), (NO_MPI=1),))"

@@ -1,4 +1,5 @@
-// The `softmoe` command: train, params, bench, eval, predict, inspect, shards, keys.
+// The `softmoe` command: train, params, bench, eval, predict, export, inspect,
+// shards, keys.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "train/ckpt.h"
 #include "eval/eval.h"
 #include "eval/predict.h"
+#include "train/npz.h"
 #include "train/train.h"
 #include "dist/dist.h"
 
@@ -46,6 +48,10 @@ static const Cmd CMDS[] = {
      "from the training data: classes.txt beside the shards, or a folder's class subfolders.\n"
      "One line per image: FILE:  CLASS NAME PROB ...; --json: one JSON object per image.\n"
      "Exit 1 when an image could not be read (the others are still reported).\n"},
+    {"export", "export CKPT.h5 OUT.npz",
+     "Writes the checkpoint's parameters to an .npz (numpy.load reads it): one float32 array\n"
+     "per tensor under vmoe's names and shapes (Encoder/encoderblock_3/Moe/Mlp/Dense_0/kernel\n"
+     "(E,D,M), ...), experts whole. train.init = OUT.npz loads it back.\n"},
     {"inspect", "inspect CKPT.h5",
      "Format version, step, world size, config and every parameter's name, shape, count.\n"},
     {"shards", "shards fmnist|folder|synth ...",
@@ -316,6 +322,36 @@ static int cmd_eval(int argc, char **argv) {
     return 0;
 }
 
+// `softmoe export CKPT.h5 OUT.npz`: parameters under vmoe's names.
+static int cmd_export(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "softmoe: error: usage: softmoe export CKPT.h5 OUT.npz\n");
+        return 2;
+    }
+    Config c;
+    long step;
+    char err[1024];
+    if (predict_ckpt_config(argv[2], 0, NULL, &c, &step, err, sizeof err) != 0) {
+        fprintf(stderr, "softmoe: error: %s\n", err);
+        return 1;
+    }
+    Vit m;
+    vit_build(&m, &c);
+    m.params = sm_aligned(m.pt.total * sizeof(float));
+    CkptInfo info = {0};
+    if (ckpt_load(argv[2], &m.pt, m.params, NULL, NULL, &info, err, sizeof err) != 0 ||
+        npz_write_params(argv[3], &m.pt, m.params, err, sizeof err) != 0) {
+        fprintf(stderr, "softmoe: error: %s\n", err);
+        return 1;
+    }
+    ckpt_info_free(&info);
+    printf("wrote %d arrays (%zu parameters, step %ld) to %s\n", m.pt.n, ptable_global_total(&m.pt),
+           step, argv[3]);
+    free(m.params);
+    ptable_free(&m.pt);
+    return 0;
+}
+
 static int run(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
         (!strcmp(argv[1], "help") && argc < 3)) {
@@ -338,6 +374,7 @@ static int run(int argc, char **argv) {
     }
     if (!strcmp(cmd, "keys")) return cmd_keys(argc, argv);
     if (!strcmp(cmd, "predict")) return predict_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "export")) return cmd_export(argc, argv);
     if (!strcmp(cmd, "shards")) return cmd_shards(argc, argv);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(cmd, "inspect")) {

@@ -84,6 +84,8 @@ handled() {  # handled LINE: prints how this test treats a README line
     "build/softmoe eval configs/fmnist_softmoe.ini"*) echo run ;;
     "build/softmoe inspect runs/fmnist_softmoe/"*) echo run ;;
     "build/softmoe predict runs/fmnist_softmoe/"*) echo run ;;
+    "build/softmoe export runs/fmnist_softmoe/"*) echo run ;;
+    "build/softmoe train configs/finetune_fmnist.ini "*) echo run-steps ;;
     "mkdir -p data/fmnist-png && tar -xf data/fmnist/"*) echo run ;;
     "build/softmoe keys"|"build/softmoe train --help") echo run ;;
     "build/softmoe shards fmnist /usr/share/datasets/fashion-mnist "*) echo run-idx ;;
@@ -105,6 +107,8 @@ while IFS= read -r line; do
             ok || bad "make train: no data/fmnist shards or checkpoint in the clone"
         grep -q 'val/prec@1' "$C/runs/fmnist_softmoe/metrics.jsonl" 2>/dev/null && ok ||
             bad "make train: no final evaluation in metrics.jsonl" ;;
+    # a whole config's run: its step counts (in the file) made small
+    run-steps) run "README" "$line $FMNIST_STEPS" ;;
     run) cmd=$(tiny "$line"); run "README" "$(printf '%s' "$cmd" | sed "s|^make |make $MAKEVARS |")" ;;
     run-idx) run "README" "$(printf '%s' "$line" | sed -e "s|/usr/share/datasets/fashion-mnist|$IDX|" -e 's/ 10000$/ 100/')" ;;
     # (and 200 of its 2000 images)

@@ -16,6 +16,7 @@
 #include "../optim/optim.h"
 #include "../eval/eval.h"
 #include "ckpt.h"
+#include "npz.h"
 
 // The held-out split of the synthetic task lives far from the train indices.
 #define SYN_VAL_OFFSET (1ULL << 40)
@@ -159,9 +160,27 @@ static void adapt_tensor(Trainer *t, const ParamSpec *s, const float *src, int n
            path, s->name, want);
 }
 
+// train.init = FILE.npz (big_vision / vision_transformer / vmoe names): the
+// arrays through the same adaptation as an .h5 (npz.c).
+typedef struct { Trainer *t; int quiet; } NpzCtx;
+static void npz_adapt(void *ctx, const ParamSpec *s, const float *src, int nd, const long *dims,
+                      const char *path) {
+    NpzCtx *x = ctx;
+    adapt_tensor(x->t, s, src, nd, dims, path, x->quiet);
+}
+
 // train.init: parameters from another checkpoint (no optimiser state, step 0).
 static void init_params(Trainer *t, const char *path, int quiet) {
     char name[PARAM_NAME + 16], err[1024];
+    size_t len = strlen(path);
+    if (len > 4 && !strcmp(path + len - 4, ".npz")) {
+        NpzCtx x = {t, quiet};
+        if (npz_load_params(path, &t->m.pt, t->m.params, t->m.d.pool == POOL_TOK, npz_adapt, &x,
+                            err, sizeof err) != 0)
+            sm_die("%s", err);
+        if (!quiet) fprintf(stderr, "softmoe: initialised from %s\n", path);
+        return;
+    }
     for (int i = 0; i < t->m.pt.n; i++) {
         const ParamSpec *s = &t->m.pt.t[i];
         int nd;
