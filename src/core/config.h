@@ -1,4 +1,4 @@
-// The run configuration: every key of DESIGN.md's config files, typed, with
+// The run configuration: every key of the config files (softmoe keys), typed, with
 // defaults. Parsed from INI files with libinih (config.c), `include = base.ini`
 // pulls a base file first, `section.key=value` overrides come last. Unknown
 // sections/keys and unparsable values stop the program naming file:line:key.

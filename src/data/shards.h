@@ -1,4 +1,4 @@
-// WebDataset tar shards (DESIGN.md "Data: image shards"): brace-pattern shard
+// WebDataset tar shards (docs/formats.md "Image shards"): brace-pattern shard
 // lists, sequential reading with libarchive (plain tar, .tar.gz, .tar.zst),
 // samples = runs of adjacent members sharing the name up to the first dot.
 // Also the `softmoe shards` writer (shards_write.c).
