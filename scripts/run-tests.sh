@@ -1,10 +1,12 @@
 #!/bin/sh
 # Runs every test executable and shell test, then prints one closing line
-# "tests: N passed, M failed" summed over all of them. Exit 1 on any failure.
+# "tests: N passed, M failed, K skipped" summed over all of them (a shell
+# test may report "..., K skipped" for checks it could not run here, e.g.
+# without python3-numpy). Exit 1 on any failure.
 # Usage: scripts/run-tests.sh BIN TEST_EXE...
 set -u
 BIN=$1; shift
-passed=0; failed=0; status=0
+passed=0; failed=0; skipped=0; status=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # One BLAS thread per process keeps runs repeatable; OpenMP uses both cores.
@@ -29,8 +31,9 @@ for s in tests/test_*.sh; do
     if [ -z "$line" ]; then failed=$((failed + 1)); status=1; continue; fi
     p=$(echo "$line" | sed -E 's/.* ([0-9]+) passed.*/\1/; s/^([0-9]+) passed.*/\1/')
     f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
-    passed=$((passed + p)); failed=$((failed + f))
+    k=$(echo "$line" | sed -n -E 's/.* ([0-9]+) skipped.*/\1/p')
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + ${k:-0}))
 done
 [ "$failed" -gt 0 ] && status=1
-echo "tests: $passed passed, $failed failed"
+echo "tests: $passed passed, $failed failed, $skipped skipped"
 exit $status
