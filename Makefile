@@ -95,9 +95,19 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Isrc $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS) $(CHECK_LIBS)
 
+# Helpers of the shell tests: the fault-injection shim (LD_PRELOAD) and a
+# checkpoint damager, both used by tests/test_faults.sh.
+HELPERS := $(BUILD)/tests/faultinj.so $(BUILD)/tests/h5edit
+$(BUILD)/tests/faultinj.so: tests/faultinj.c
+	@mkdir -p $(dir $@)
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+$(BUILD)/tests/h5edit: tests/h5edit.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LDFLAGS) $(LDLIBS)
+
 # Tests: one executable per module plus shell tests of the command, summed
 # into one closing line by scripts/run-tests.sh.
-test: found $(BIN) $(TESTS)
+test: found $(BIN) $(TESTS) $(HELPERS)
 	@sh scripts/run-tests.sh $(BIN) $(TESTS)
 
 # The default run trains on Fashion-MNIST shards, written once from the idx

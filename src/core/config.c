@@ -76,6 +76,8 @@ static const KeyDef KEYS[] = {
     {"train", "keep_every", T_INT, F(keep_every), "0", NULL, 0},
     {"train", "init", T_STR, F(init), "", NULL, NOMIN},
     {"train", "resume", T_ENUM, F(resume), "latest", "latest|latest_valid|none", NOMIN},
+    {"train", "allow_config_change", T_BOOL, F(allow_config_change), "false", NULL, NOMIN},
+    {"train", "allow_oversubscribe_memory", T_BOOL, F(allow_oversubscribe_memory), "false", NULL, NOMIN},
     {"eval", "every", T_INT, F(eval_every), "0", NULL, 0},
     {"eval", "batch_size", T_INT, F(eval_batch_size), "64", NULL, 1},
     {"eval", "synthetic_images", T_INT, F(eval_synthetic), "1024", NULL, 1},

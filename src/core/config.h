@@ -66,6 +66,8 @@ typedef struct {
     int keep_every;
     char init[CFG_PATH];
     char resume[CFG_STR];        // latest | latest_valid | none
+    int allow_config_change;     // bool: resume although optimisation keys changed
+    int allow_oversubscribe_memory;  // bool: start although the estimate exceeds RAM
 
     // [eval]
     int eval_every;

@@ -53,6 +53,8 @@ static const struct { const char *name, *doc; } DOCS[] = {
     {"train.keep_ckpts", "newest checkpoints kept"},
     {"train.keep_every", "also keep every checkpoint whose step is a multiple of this (0: none)"},
     {"train.init", "start from another run's parameters: a softmoe .h5 or a big_vision/vmoe .npz"},
+    {"train.allow_config_change", "resume even when the checkpoint was trained with another recipe (changed keys are listed)"},
+    {"train.allow_oversubscribe_memory", "start even when the memory estimate exceeds the machine's memory"},
     {"train.resume", "latest (the newest checkpoint or an error), latest_valid (fall back), none"},
     {"eval.every", "steps between validation evaluations during training (0: only at the end)"},
     {"eval.batch_size", "batch of evaluation forwards (softmoe eval, predict)"},

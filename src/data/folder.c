@@ -135,6 +135,17 @@ static int flat(const FolderSpec *fs, Files *out, char *err, size_t errlen) {
     return rc;
 }
 
+// A training run checks its sources before any work and reads them again
+// later: the missing-classes warning is said once per folder and process.
+static int first_warning(const char *root) {
+    static char said[16][256];
+    static int nsaid;
+    for (int i = 0; i < nsaid; i++)
+        if (!strncmp(said[i], root, sizeof said[i] - 1)) return 0;
+    if (nsaid < 16) snprintf(said[nsaid++], sizeof said[0], "%s", root);
+    return 1;
+}
+
 int folder_list(const FolderSpec *fs, FolderFile **files, int *n, char *err, size_t errlen) {
     Files out = {0};
     char **sub;
@@ -175,7 +186,7 @@ int folder_list(const FolderSpec *fs, FolderFile **files, int *n, char *err, siz
     absent = sm_calloc((size_t)nnames + 1, sizeof(char *));
     for (int k = 0; fs->names && k < nnames; k++)
         if (!present[k]) absent[nabsent++] = fs->names[k];
-    if (fs->warn && (nextra || nabsent)) {
+    if (fs->warn && (nextra || nabsent) && first_warning(fs->root)) {
         char msg[2048] = "";
         if (nabsent) {
             snprintf(msg, sizeof msg, "%d of the %d training classes have no folder here (scored "

@@ -378,7 +378,9 @@ LoaderSpec loader_spec_config(const Config *c, int train) {
                         .shuffle_buffer = c->shuffle_buffer, .train = train};
 }
 
-Loader *loader_open(const LoaderSpec *spec, char *err, size_t n) {
+// The preprocessing chain and the list of shards (or folder files), without
+// decode threads: a loader that can be checked and closed again.
+static Loader *open_sources(const LoaderSpec *spec, char *err, size_t n) {
     Loader *l = sm_calloc(1, sizeof *l);
     l->sp = *spec;
     if (l->sp.threads < 1) l->sp.threads = 1;
@@ -394,6 +396,19 @@ Loader *loader_open(const LoaderSpec *spec, char *err, size_t n) {
         loader_close(l);
         return NULL;
     }
+    return l;
+}
+
+int loader_check(const LoaderSpec *spec, char *err, size_t n) {
+    Loader *l = open_sources(spec, err, n);
+    if (!l) return -1;
+    loader_close(l);
+    return 0;
+}
+
+Loader *loader_open(const LoaderSpec *spec, char *err, size_t n) {
+    Loader *l = open_sources(spec, err, n);
+    if (!l) return NULL;
     l->Q = 2 * spec->B + 4 * l->sp.threads;
     l->ring = sm_calloc((size_t)l->Q, sizeof(Slot));
     for (int i = 0; i < l->Q; i++)

@@ -51,6 +51,10 @@ LoaderSpec loader_spec_config(const Config *c, int train);
 // Checks the sources (patterns that match no file, unreadable folder) and
 // starts the threads. NULL with a message in err on any problem.
 Loader *loader_open(const LoaderSpec *spec, char *err, size_t errlen);
+// What loader_open checks before it starts reading (the preprocessing chain,
+// every shard present, a folder with images), with nothing left running.
+// Returns 0, or -1 with err naming the source.
+int loader_check(const LoaderSpec *spec, char *err, size_t errlen);
 // Fills images (B,S,S,C), targets (B,K) (one- or multi-hot) and labels (B,
 // first label; may be NULL). Returns the number of images: B, fewer at the
 // end of an eval pass, 0 when an eval pass is over. Dies with a clear message

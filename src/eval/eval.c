@@ -15,28 +15,50 @@
 
 const char *eval_source_kind(const char *paths) { return strstr(paths, ".tar") ? "shards" : "folder"; }
 
-// Under MPI each rank reads its share of the shards (or folder files). A
-// folder's classes are numbered by the names of the source names_src (of
-// kind names_kind) when it names them: the training data for data.val, a
-// few-shot set's train part for its test part. labels: a flat folder's file.
-static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class,
-                         const char *names_kind, const char *names_src, const char *labels) {
+// The loader spec of an evaluation source. Under MPI each rank reads its
+// share of the shards (or folder files). A folder's classes are numbered by
+// the names of the source names_src (of kind names_kind) when it names them:
+// the training data for data.val, a few-shot set's train part for its test
+// part; *names (to free after opening) holds them. labels: a flat folder's file.
+static LoaderSpec eval_spec(const Config *c, const char *paths, int K, int B, int per_class,
+                            const char *names_kind, const char *names_src, const char *labels,
+                            char ***names, int *nnames, char *from, size_t fromlen) {
     LoaderSpec sp = loader_spec_config(c, 0);
-    sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = K, sp.B = m->B;
+    sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = K, sp.B = B;
     sp.quiet = 1, sp.per_class = per_class;
     sp.rank = dist_rank(), sp.world = dist_world();
     sp.labels = labels && labels[0] ? labels : NULL;
-    char **names = NULL, err[1024], from[CFG_PATH + 32];
-    int nnames = 0;
+    *names = NULL, *nnames = 0;
     if (!strcmp(sp.source, "folder") && names_src && strcmp(names_src, paths) &&
-        strcmp(names_kind, "synthetic") && classes_of_source(names_kind, names_src, &names, &nnames) == 0) {
-        snprintf(from, sizeof from, "'%s'", names_src);
-        sp.class_names = names, sp.nclass_names = nnames, sp.names_from = from;
+        strcmp(names_kind, "synthetic") && classes_of_source(names_kind, names_src, names, nnames) == 0) {
+        snprintf(from, fromlen, "'%s'", names_src);
+        sp.class_names = *names, sp.nclass_names = *nnames, sp.names_from = from;
     }
+    return sp;
+}
+
+static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class,
+                         const char *names_kind, const char *names_src, const char *labels) {
+    char **names, err[1024], from[CFG_PATH + 32];
+    int nnames;
+    LoaderSpec sp = eval_spec(c, paths, K, m->B, per_class, names_kind, names_src, labels, &names,
+                              &nnames, from, sizeof from);
     Loader *l = loader_open(&sp, err, sizeof err);
     classes_free(names, nnames);  // used while opening only
     if (!l) sm_die("%s (evaluation data '%s')", err, paths);
     return l;
+}
+
+int eval_check_source(const Config *c, const char *paths, const char *names_src,
+                      const char *labels, char *err, size_t errlen) {
+    char **names, from[CFG_PATH + 32];
+    int nnames;
+    const char *kind = names_src == c->train ? c->source : names_src ? eval_source_kind(names_src) : "";
+    LoaderSpec sp = eval_spec(c, paths, 0, 1, 0, kind, names_src, labels, &names, &nnames, from,
+                              sizeof from);
+    int rc = loader_check(&sp, err, errlen);
+    classes_free(names, nnames);
+    return rc;
 }
 
 // On a terminal (rank 0), one updating line while an evaluation reads its

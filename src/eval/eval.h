@@ -21,6 +21,13 @@ const char *eval_source_kind(const char *paths);
 int eval_features(Vit *m, const Config *c, const char *paths, int per_class,
                   const char *names_src, float **X, int **y);
 
+// Checks an evaluation source before any work (exists, has images, a flat
+// folder's labels file resolves), with its classes numbered as the
+// evaluation will: by names_src's class names (c->train for data.val, a
+// few-shot train part for its test part; NULL: none). 0, or -1 with err.
+int eval_check_source(const Config *c, const char *paths, const char *names_src,
+                      const char *labels, char *err, size_t errlen);
+
 // How many of B images have their top logit on one of their labels:
 // logits and targets (B,K).
 int eval_correct(const float *logits, const float *targets, int B, int K);

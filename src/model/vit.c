@@ -145,7 +145,8 @@ static void add_moe(ParamTable *pt, int l, const VitDims *d) {
 
 void vit_build(Vit *m, const Config *c) {
     char err[512];
-    if (vit_check_config(c, err, sizeof err) != 0) sm_die("%s", err);
+    if (vit_check_config(c, err, sizeof err) != 0 || vit_check_sizes(c, 1, err, sizeof err) != 0)
+        sm_die("%s", err);
     memset(m, 0, sizeof *m);
     VitDims *d = &m->d;
     d->S = c->image_size, d->C = c->channels, d->P = c->patch, d->G = d->S / d->P;
@@ -323,6 +324,14 @@ static size_t carve(Vit *m, float *base, int B) {
     }
 #undef TAKE
     return off;
+}
+
+size_t vit_act_floats(Vit *m, int B) {
+    int own = !m->a.blk;
+    if (own) m->a.blk = sm_calloc((size_t)m->d.L, sizeof(BlockActs));
+    size_t n = carve(m, NULL, B);
+    if (own) free(m->a.blk), m->a.blk = NULL;
+    return n;
 }
 
 void vit_alloc(Vit *m, int B) {

@@ -104,6 +104,12 @@ MoeDims vit_moe_dims(const VitDims *d, int B);
 // Checks the model keys the config loader cannot judge alone (moe.layers,
 // moe.router, slots); returns 0, or -1 with a message naming the key.
 int vit_check_config(const Config *c, char *err, size_t errlen);
+// Size limits on the config (vit_limits.c), before anything is allocated: no
+// dimension above 2^24 and no per-image tensor above 2^31-1 elements, for B
+// images per rank. Returns 0, or -1 with err naming the keys.
+int vit_check_sizes(const Config *c, int B, char *err, size_t errlen);
+// Floats of the activation block for B images (what vit_alloc would take).
+size_t vit_act_floats(Vit *m, int B);
 // Derives dimensions and the parameter table from the config (no weights);
 // dies with vit_check_config's message on a bad config.
 void vit_build(Vit *m, const Config *c);

@@ -1,9 +1,12 @@
 // HDF5 checkpoints (DESIGN.md "Checkpoints: HDF5"): WORKDIR/ckpt-{step:08d}.h5
 // with root attributes format/version/step/world_size, /config (resolved INI
 // text), /params/<name>, /opt/m/<name>, /opt/v/<name> in vmoe's names and
-// shapes, and /state/* (loader position per rank, skipped count). Written
-// under a temporary name, flushed, fsynced and renamed, so a file with the
-// final name is always complete.
+// shapes, and /state/* (loader position per rank, skipped count). Every
+// tensor carries a "crc32" attribute (one per expert for stacked experts).
+// Written under a temporary name (created O_EXCL, never through a symlink),
+// flushed, read back and checked against the checksums, fsynced and renamed,
+// so a file with the final name is always complete and correct. No
+// checkpoint with a NaN or Inf is written, and none is loaded.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -58,12 +61,22 @@ typedef struct {
 int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, float *v,
               CkptInfo *info, char *err, size_t errlen);
 void ckpt_info_free(CkptInfo *info);
+// Whether path opens as a softmoe checkpoint (format, version, step); 0, or
+// -1 with err naming the file. Reads no tensor.
+int ckpt_check(const char *path, char *err, size_t errlen);
 
-// Reads dataset `name` (e.g. "/params/head/kernel") whatever its shape:
-// *data malloc'd, *ndim and dims (up to 8) filled. Returns 0, or -1 with err
-// naming the file and dataset (missing, unreadable).
-int ckpt_read_any(const char *path, const char *name, float **data, int *ndim, long *dims,
-                  char *err, size_t errlen);
+// Reads dataset `name` (e.g. "/params/head/kernel") whatever its shape, if
+// it holds at most max_numel values (checked on the declared shape, before
+// allocating): *data malloc'd, *ndim and dims (up to 8) filled. Returns 0, or
+// -1 with err naming the file and dataset (missing, unreadable, too large,
+// non-finite values).
+int ckpt_read_any(const char *path, const char *name, size_t max_numel, float **data, int *ndim,
+                  long *dims, char *err, size_t errlen);
+
+// The first tensor of params / m / v (each may be NULL) holding a NaN or Inf:
+// returns 1 with its checkpoint name ("/opt/v/head/kernel") in name, or 0.
+int ckpt_first_nonfinite(const ParamTable *pt, const float *params, const float *m,
+                         const float *v, char *name, size_t n);
 
 // Reads one parameter `/params/<s->name>` into dst if its shape is the
 // config's (of a stacked expert tensor, only this rank's experts). Returns 0,

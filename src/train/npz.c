@@ -42,6 +42,20 @@ void npz_close(Npz *z) {
     free(z);
 }
 
+int npz_check(const char *path, char *err, size_t errlen) {
+    Npz *z = npz_open(path, err, errlen);
+    if (!z) return -1;
+    zip_int64_t n = zip_get_num_entries(z->zip, 0);
+    int found = 0;
+    for (zip_int64_t i = 0; i < n && !found; i++) {
+        const char *name = zip_get_name(z->zip, (zip_uint64_t)i, 0);
+        size_t len = name ? strlen(name) : 0;
+        found = len > 4 && !strcmp(name + len - 4, ".npy");
+    }
+    npz_close(z);
+    return found ? 0 : sm_fail(err, errlen, "'%s' holds no .npy arrays", path);
+}
+
 // Value text after 'key': in the header dict, or NULL.
 static const char *dict_value(const char *h, const char *key) {
     char pat[32];

@@ -11,6 +11,9 @@ typedef struct Npz Npz;
 // Opens an .npz for reading. NULL with err naming the file.
 Npz *npz_open(const char *path, char *err, size_t errlen);
 void npz_close(Npz *z);
+// Checks that path opens as an .npz holding at least one .npy (train.init,
+// before any work). 0, or -1 with err naming the file.
+int npz_check(const char *path, char *err, size_t errlen);
 // Reads array `name` (without ".npy") as float32 (float32 or float64 data,
 // C order). Returns 0, 1 when there is no such array, -1 with err (a bad
 // header, another dtype). *data malloc'd; dims[ndim] (ndim <= 8).

@@ -1,10 +1,14 @@
 // The training loop (see train.h). Everything is allocated before step 0.
 #include "train.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "../core/common.h"
@@ -15,7 +19,9 @@
 #include "../model/vit.h"
 #include "../optim/optim.h"
 #include "../eval/eval.h"
+#include "cfgdiff.h"
 #include "ckpt.h"
+#include "memory.h"
 #include "npz.h"
 
 // The held-out split of the synthetic task lives far from the train indices.
@@ -37,6 +43,8 @@ typedef struct {
     int nseg;
     Loader *ld;                  // NULL for data.source = synthetic
     uint64_t skipped_base;       // samples skipped before a resume (rank 0)
+    MemEstimate mem;             // memory per rank, estimated before allocating
+    int lock_fd;                 // WORKDIR/.lock, held by rank 0 (-1 elsewhere)
 } Trainer;
 
 // SIGTERM/SIGINT (preemption): finish the step, checkpoint, exit 0.
@@ -108,6 +116,18 @@ static void save(Trainer *t, const Config *c, long step) {
                  .params = t->m.params, .m = t->opt_m, .v = t->opt_v, .pos = mine,
                  .pos_all = all, .skipped = skipped(t)};
     ckpt_paths(c->workdir, step, final, tmp, sizeof final);
+    // No checkpoint holds a NaN or Inf: every rank checks what it holds
+    // before anything is written, and the run stops naming the tensor.
+    char bad[PARAM_NAME + 16];
+    int me_bad = ckpt_first_nonfinite(&t->m.pt, t->m.params, t->opt_m, t->opt_v, bad, sizeof bad);
+    if (dist_max(me_bad)) {
+        if (me_bad)
+            sm_die("step %ld: %s holds a non-finite value (NaN or Inf): no checkpoint written "
+                   "(the previous one stays the newest); training diverged, lower optim.lr or "
+                   "check the data", step, bad);
+        dist_barrier();  // the rank that found it aborts the job
+        sm_die("step %ld: another rank holds a non-finite value: no checkpoint written", step);
+    }
     int writes_experts = t->rank < dist_ep() && t->m.d.n_moe > 0;
     if (t->rank == 0) {
         if (ckpt_write_new(tmp, &o, err, sizeof err) != 0) unlink(tmp), sm_die("%s", err);
@@ -143,7 +163,7 @@ static void adapt_tensor(Trainer *t, const ParamSpec *s, const float *src, int n
         return;
     }
     int cls = d->pool == POOL_TOK;
-    long Go2 = nd == 3 ? dims[1] - cls : -1;
+    long Go2 = src && nd == 3 ? dims[1] - cls : -1;
     int Go = (int)lround(sqrt((double)(Go2 > 0 ? Go2 : 0)));
     if (!strcmp(s->name, "Encoder/posembed_input/pos_embedding") && nd == 3 &&
         dims[2] == d->D && (long)Go * Go == Go2) {
@@ -154,10 +174,13 @@ static void adapt_tensor(Trainer *t, const ParamSpec *s, const float *src, int n
                     Go, Go, d->G, d->G);
         return;
     }
-    char want[64];
+    char want[64], got[128] = "(";
     ptable_shape_str(s, want, sizeof want);
-    sm_die("train.init: checkpoint '%s': dataset /params/%s does not fit the config's shape %s",
-           path, s->name, want);
+    for (int k = 0; k < nd && k < 8; k++)
+        snprintf(got + strlen(got), sizeof got - strlen(got), k ? ",%ld" : "%ld", dims[k]);
+    strcat(got, ")");
+    sm_die("train.init: checkpoint '%s': dataset /params/%s has shape %s, which does not fit the "
+           "config's shape %s", path, s->name, got, want);
 }
 
 // train.init = FILE.npz (big_vision / vision_transformer / vmoe names): the
@@ -189,9 +212,13 @@ static void init_params(Trainer *t, const char *path, int quiet) {
         int rc = ckpt_read_param(path, s, t->m.params + s->offset, &nd, dims, err, sizeof err);
         if (rc < 0) sm_die("%s (train.init)", err);
         if (rc == 0) continue;
+        // Only the head and a learned position embedding may differ; their
+        // declared size is bounded before anything is read for them.
+        if (strncmp(s->name, "head/", 5) && strcmp(s->name, "Encoder/posembed_input/pos_embedding"))
+            adapt_tensor(t, s, NULL, nd, dims, path, quiet);
         float *src;
         snprintf(name, sizeof name, "/params/%s", s->name);
-        if (ckpt_read_any(path, name, &src, &nd, dims, err, sizeof err) != 0)
+        if (ckpt_read_any(path, name, (size_t)1 << 28, &src, &nd, dims, err, sizeof err) != 0)
             sm_die("%s (train.init)", err);
         adapt_tensor(t, s, src, nd, dims, path, quiet);
         free(src);
@@ -204,6 +231,22 @@ static void fresh_state(Trainer *t, const Config *c) {
     vit_init(&t->m, c->seed);
     memset(t->opt_m, 0, t->m.pt.total * sizeof(float));
     memset(t->opt_v, 0, t->m.pt.total * sizeof(float));
+}
+
+// The checkpoint's recipe against the run's: trajectory changes stop the
+// run (unless train.allow_config_change), others are reported.
+static void check_config_change(const Config *c, const CkptInfo *info, const char *path,
+                                int quiet) {
+    char now[1 << 16], report[4096];
+    config_to_ini(c, now, sizeof now);
+    int changed = cfgdiff(info->config, now, report, sizeof report);
+    if (!report[0]) return;
+    if (changed && !c->allow_config_change)
+        sm_die("checkpoint '%s' was trained with another recipe than this run's config:%s\n  "
+               "(to resume anyway with the new values, set train.allow_config_change=true; to "
+               "start over, use another train.workdir or train.resume=none)", path, report);
+    if (!quiet)
+        fprintf(stderr, "softmoe: note: resuming %s with changed keys:%s\n", path, report);
 }
 
 // Resumes from the newest checkpoint in the workdir that loads (train.resume
@@ -227,6 +270,7 @@ static long restore(Trainer *t, const Config *c, int quiet) {
             if (t->rank == 0) snprintf(buf, sizeof buf, "%s", paths[i]);
             dist_bcast(buf, sizeof buf);
             if (t->rank != 0) paths[i] = strdup(buf);
+            dist_bcast(&steps[i], sizeof steps[i]);
         }
     }
     for (int i = 0; i < n; i++) {
@@ -241,6 +285,15 @@ static long restore(Trainer *t, const Config *c, int quiet) {
                      "message)", paths[i]);
             rc = -1;
         }
+        // The step inside must be the one in the name (ckpt_list parsed it),
+        // and the recipe the run's (cfgdiff.h): else it is not this run's.
+        if (rc == 0 && info.step != steps[i]) {
+            snprintf(err, sizeof err, "checkpoint '%s' holds step %ld, not the step %ld of its name",
+                     paths[i], info.step, steps[i]);
+            ckpt_info_free(&info);
+            rc = -1;
+        }
+        if (rc == 0) check_config_change(c, &info, paths[i], quiet);
         if (rc == 0) {
             if (!quiet) fprintf(stderr, "softmoe: resuming from %s (step %ld)\n", paths[i], info.step);
             if (t->ld && info.world_size == t->world) {
@@ -289,16 +342,55 @@ static void next_batch(Trainer *t, const Config *c, long step) {
     SM_CHECK(got == t->B, "data: short training batch (%d of %d)", got, t->B);
 }
 
+// One evaluation source (shards pattern or folder) that must exist; its
+// classes numbered by names_src's as the evaluation will (eval.h).
+static void check_eval_source(const Config *c, const char *paths, const char *names_src,
+                              const char *labels, const char *key) {
+    char err[1024];
+    if (eval_check_source(c, paths, names_src, labels, err, sizeof err) != 0)
+        sm_die("%s (%s)", err, key);
+}
+
+// Every source the run will read, checked before anything is allocated or
+// written: a wrong data.val or fewshot path fails at once, not after training.
+static void check_sources(const Config *c) {
+    char err[1024];
+    if (strcmp(c->source, "synthetic")) {
+        LoaderSpec sp = loader_spec_config(c, 1);
+        if (loader_check(&sp, err, sizeof err) != 0) sm_die("%s (data.train)", err);
+        if (c->val[0]) check_eval_source(c, c->val, c->train, c->val_labels, "data.val");
+    }
+    for (int f = 0; f < c->n_fewshot; f++) {
+        char key[96], train[CFG_PATH], *test;
+        snprintf(key, sizeof key, "fewshot.%s", c->fewshot_name[f]);
+        snprintf(train, sizeof train, "%s", c->fewshot_data[f]);
+        test = strchr(train, '|');
+        SM_CHECK(test, "%s = %s: expected <train source>|<test source>", key, train);
+        *test++ = '\0';
+        check_eval_source(c, train, NULL, NULL, key);
+        check_eval_source(c, test, train, NULL, key);
+    }
+    size_t il = strlen(c->init);
+    int npz = il > 4 && !strcmp(c->init + il - 4, ".npz");
+    if (c->init[0] && (npz ? npz_check(c->init, err, sizeof err) : ckpt_check(c->init, err, sizeof err)) != 0)
+        sm_die("%s (train.init)", err);
+}
+
 static void trainer_setup(Trainer *t, const Config *c) {
     memset(t, 0, sizeof *t);
+    t->lock_fd = -1;
     t->rank = dist_rank(), t->world = dist_world();
     if (c->batch_size % t->world != 0)
         sm_die("train.batch_size = %d is the global batch and must be divisible by the number "
                "of ranks (%d)", c->batch_size, t->world);
     t->B = c->batch_size / t->world;
-    char err[512];
+    char err[1024];
     if (dist_set_ep(c->expert_parallel, c->experts, err, sizeof err) != 0) sm_die("%s", err);
+    if (vit_check_sizes(c, t->B, err, sizeof err) != 0) sm_die("%s", err);
+    check_sources(c);
     vit_build(&t->m, c);
+    mem_estimate(&t->m, c, t->B, &t->mem);
+    if (mem_check(&t->mem, c, err, sizeof err) != 0) sm_die("%s", err);
     vit_alloc(&t->m, t->B);
     size_t n = t->m.pt.total;
     t->opt_m = sm_aligned(n * sizeof(float));
@@ -315,7 +407,44 @@ static void trainer_setup(Trainer *t, const Config *c) {
     t->targets = sm_aligned((size_t)t->B * d->K * sizeof(float));
 }
 
+// One run per workdir: rank 0 holds an flock on WORKDIR/.lock (with its PID
+// inside) for the whole run; a second run stops at once, naming the holder.
+// Temporary files of checkpoints a crash left behind are removed under it.
+static void lock_workdir(Trainer *t, const Config *c) {
+    if (t->rank != 0) return;
+    sm_mkdirs(c->workdir);
+    char path[CFG_PATH + 16], pid[64] = "";
+    snprintf(path, sizeof path, "%s/.lock", c->workdir);
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) sm_die("cannot open the workdir lock '%s': %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            sm_die("train.workdir '%s' is in use by another run (PID %s holds %s); wait for it "
+                   "to end or choose another train.workdir", c->workdir, pid[0] ? pid : "?", path);
+        sm_die("cannot lock '%s': %s", path, strerror(e));
+    }
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        sm_die("cannot write the workdir lock '%s': %s", path, strerror(errno));
+    t->lock_fd = fd;
+    DIR *d = opendir(c->workdir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (strncmp(e->d_name, "ckpt-", 5) || n < 8 || strcmp(e->d_name + n - 7, ".h5.tmp")) continue;
+        snprintf(path, sizeof path, "%s/%s", c->workdir, e->d_name);
+        if (unlink(path) == 0)
+            fprintf(stderr, "softmoe: removed the unfinished checkpoint '%s'\n", path);
+    }
+    if (d) closedir(d);
+}
+
 static void trainer_free(Trainer *t) {
+    if (t->lock_fd >= 0) close(t->lock_fd);  // releases the workdir lock
     vit_free(&t->m);
     free(t->opt_m); free(t->opt_v); free(t->wd); free(t->seg);
     free(t->images); free(t->targets);
@@ -419,6 +548,8 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         if (!t.ld) sm_die("%s (data.train)", err);
     }
     if (t.world > 1 && !quiet_arg) report_layout(&t);
+    lock_workdir(&t, c);
+    dist_barrier();  // no rank reads the workdir before rank 0 holds it
     long start = restore(&t, c, quiet);
     sm_mkdirs(c->workdir);
     char path[CFG_PATH + 64];
@@ -431,10 +562,12 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     const int tty = isatty(2) && !quiet;
     double t0 = sm_now(), tlog = t0, t_steps = 0, wait = 0, wait_log = 0, win_loss = 0;
     int win = 0;
+    char mem[256];
+    mem_format(&t.mem, mem, sizeof mem);
     if (!quiet)
         fprintf(stderr, "softmoe: training %s for %ld steps, batch %d (%d per rank), %.2fM params, "
-                "%s\n", c->workdir, c->steps, c->batch_size, t.B,
-                (double)ptable_global_total(&t.m.pt) / 1e6, c->source);
+                "%s; memory %s\n", c->workdir, c->steps, c->batch_size, t.B,
+                (double)ptable_global_total(&t.m.pt) / 1e6, c->source, mem);
     res->steps_done = start;
     // Communication of the training steps alone (evaluations run collectives too).
     DistStats *ds = dist_stats(), st = {0}, st_log = {0};
@@ -446,6 +579,10 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     long stop_at = stop_env && (!stop_rank || atoi(stop_rank) == t.rank) ? atol(stop_env) : 0;
     const char *fail_env = getenv("SOFTMOE_FAIL_AT_STEP"), *fail_rank = getenv("SOFTMOE_FAIL_RANK");
     long fail_at = fail_env && (!fail_rank || atoi(fail_rank) == t.rank) ? atol(fail_env) : 0;
+    // (SOFTMOE_POISON_AT_STEP: a NaN lands in Adam's v of the first tensor
+    // after that step's update, as an overflowing gradient square would.)
+    const char *poison_env = getenv("SOFTMOE_POISON_AT_STEP");
+    long poison_at = poison_env ? atol(poison_env) : 0;
     // Zero once: adam_update_zero leaves the gradients zero for the next step.
     vit_zero_grad(&t.m);
     for (long step = start; step < c->steps; step++) {
@@ -466,6 +603,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         double lr = sched_lr(c, step);
         adam_update_zero(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1,
                          c->b2, c->eps, step + 1, clip_factor(gnorm, c->clip) / (float)t.world);
+        if (step + 1 == poison_at) t.opt_v[t.m.pt.t[0].offset] = NAN;
         add_since(&st, &before, ds);
         t_steps += sm_now() - td;
         win_loss += loss, win++;
@@ -482,6 +620,9 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
             dist_sum(&mean, 1);
             double eta = (now - t0) / (step + 1 - start) * (c->steps - step - 1);
             double pnorm = sqrt(global_sumsq(&t, t.m.params));
+            if (!isfinite(pnorm))
+                sm_die("the parameter norm is %g at step %ld: training diverged (lower optim.lr)",
+                       pnorm, step + 1);
             uint64_t nskip = skipped(&t);
             if (mf) {
                 fprintf(mf,
