@@ -69,6 +69,9 @@ if command -v script >/dev/null 2>&1; then
     printf '#!/bin/sh\nexec "%s" eval %s\n' "$BIN" "$(printf '%s' "$EV" | sed "s/ data.pp_eval=\([^ ]*\)/ 'data.pp_eval=\\1'/")" >"$T/ev.sh"
     script -qec "sh $T/ev.sh" /dev/null >"$T/tty" 2>&1
     grep -q "evaluating $T/s-000000.tar: [0-9]* images" "$T/tty" && ok || { bad "no progress on a terminal:"; cat "$T/tty"; }
+    # the final evaluation of a synthetic run too
+    script -qec "$BIN train $T/c.ini fewshot.missing= train.workdir=$T/wtty eval.synthetic_images=32" /dev/null >"$T/tty" 2>&1
+    grep -q "evaluating synthetic: 32 of 32 images" "$T/tty" && ok || { bad "no synthetic evaluation progress:"; cat "$T/tty"; }
 else
     echo "SKIP: evaluation progress (no script(1) for a terminal)"; skip=$((skip + 1))
 fi

@@ -98,9 +98,10 @@ int classes_of_source(const char *source, const char *paths, char ***names, int 
     *names = NULL, *n = 0;
     if (!paths[0]) return -1;
     classes_dir(source, paths, dir, sizeof dir);
+    // a training folder numbers its classes by its sorted subfolders, as the loader does
+    if (!strcmp(source, "folder")) return classes_of_folder(dir, names, n) == 0 && *n > 0 ? 0 : -1;
     snprintf(file, sizeof file, "%s/classes.txt", dir);
     if (classes_read(file, names, n) == 0 && *n > 0) return 0;
-    if (!strcmp(source, "folder") && classes_of_folder(dir, names, n) == 0 && *n > 0) return 0;
     return -1;
 }
 

@@ -11,8 +11,8 @@ int classes_of_folder(const char *dir, char ***names, int *n);
 int classes_read(const char *path, char ***names, int *n);
 // Writes names, one a line, to path (via path.tmp and a rename). 0 or -1 with err.
 int classes_write(const char *path, char *const *names, int n, char *err, size_t errlen);
-// The class names a data source has: a folder's classes.txt if present, else
-// its subfolders; shards: classes.txt in the directory of the first pattern.
+// The class names a data source has: a folder's sorted subfolders (the
+// loader's numbering); shards: classes.txt in the directory of the first pattern.
 // Returns 0 with *n > 0, or -1 when the source names no classes.
 int classes_of_source(const char *source, const char *paths, char ***names, int *n);
 // The directory holding a source's classes.txt (for shards: of the first

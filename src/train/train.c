@@ -472,7 +472,11 @@ static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *
         v[0] += eval_correct(t->m.a.logits, t->targets, got, d->K);
         v[1] += got;
         v[2] += loss_forward(NULL, t->m.a.logits, t->targets, got, d->K, d->loss) * got;
+        if (t->rank == 0 && isatty(2))  // a 224 px model takes minutes for 1024 images here
+            fprintf(stderr, "\r\033[Kevaluating synthetic: %d of %d images", (k + 1) * t->B < n ?
+                    (k + 1) * t->B : n, n), fflush(stderr);
     }
+    if (t->rank == 0 && isatty(2)) fprintf(stderr, "\r\033[K"), fflush(stderr);
     dist_sum(v, 3);
     *prec1 = v[0] / v[1];
     *loss = v[2] / v[1];
