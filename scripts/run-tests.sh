@@ -1,8 +1,7 @@
 #!/bin/sh
 # Runs every test executable and shell test, then prints one closing line
 # "tests: N passed, M failed, K skipped" summed over all of them (a shell
-# test may report "..., K skipped" for checks it could not run here, e.g.
-# without python3-numpy). Exit 1 on any failure.
+# test may end "x: N passed, M failed, K skipped"). Exit 1 on any failure.
 # Usage: scripts/run-tests.sh BIN TEST_EXE...
 set -u
 BIN=$1; shift
@@ -31,7 +30,7 @@ for s in tests/test_*.sh; do
     if [ -z "$line" ]; then failed=$((failed + 1)); status=1; continue; fi
     p=$(echo "$line" | sed -E 's/.* ([0-9]+) passed.*/\1/; s/^([0-9]+) passed.*/\1/')
     f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
-    k=$(echo "$line" | sed -n -E 's/.* ([0-9]+) skipped.*/\1/p')
+    k=$(echo "$line" | sed -nE 's/.* ([0-9]+) skipped.*/\1/p')
     passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + ${k:-0}))
 done
 [ "$failed" -gt 0 ] && status=1

@@ -14,6 +14,7 @@
 #include "model/vit.h"
 #include "train/bench.h"
 #include "train/ckpt.h"
+#include "train/memory.h"
 #include "eval/eval.h"
 #include "eval/predict.h"
 #include "train/npz.h"
@@ -216,6 +217,11 @@ static int cmd_params(const Config *c) {
     printf("tensors: %d\n", m.pt.n);
     printf("tokens: %d\n", m.d.N);
     printf("gflops_per_image: %.4f\n", vit_flops_per_image(&m.d) / 1e9);
+    MemEstimate me;
+    char mem[256];
+    mem_estimate(&m, c, c->batch_size, &me);
+    mem_format(&me, mem, sizeof mem);
+    printf("memory: %s, at train.batch_size %d on one rank\n", mem, c->batch_size);
     print_comm(&m, c);
     ptable_free(&m.pt);
     return 0;
@@ -298,6 +304,12 @@ static int cmd_eval(int argc, char **argv) {
     Config c;
     int rc = config_load(&c, from_ini ? src : cfgpath, argc - 3, argv + 3, err, sizeof err);
     if (!from_ini) unlink(cfgpath);
+    if (rc != 0 && !from_ini && !strncmp(err, cfgpath, strlen(cfgpath))) {
+        // name the checkpoint's /config, not the temporary copy it was read from
+        char named[1400];
+        snprintf(named, sizeof named, "checkpoint '%s', dataset /config%s", src, err + strlen(cfgpath));
+        snprintf(err, sizeof err, "%.1000s", named);
+    }
     if (rc != 0 || vit_check_config(&c, err, sizeof err) != 0) {
         fprintf(stderr, "softmoe: error: %s\n", err);
         return 2;

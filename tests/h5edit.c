@@ -4,6 +4,7 @@
 //   h5edit FILE flip DATASET     first value's sign bit flipped, crc32 kept
 //                                (silent corruption)
 //   h5edit FILE step N           the root attribute step -> N
+//   h5edit FILE config TEXT      /config replaced by TEXT
 #include <hdf5.h>
 #include <math.h>
 #include <stdint.h>
@@ -27,6 +28,16 @@ int main(int argc, char **argv) {
         hid_t a = H5Aopen(f, "step", H5P_DEFAULT);
         if (a < 0 || H5Awrite(a, H5T_NATIVE_INT64, &step) < 0) return die("cannot write step");
         H5Aclose(a);
+        return H5Fclose(f) < 0 ? die("close failed") : 0;
+    }
+    if (!strcmp(argv[2], "config")) {
+        if (H5Ldelete(f, "/config", H5P_DEFAULT) < 0) return die("no /config");
+        hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+        H5Tset_size(t, strlen(argv[3]) ? strlen(argv[3]) : 1);
+        hid_t d = H5Dcreate2(f, "/config", t, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (d < 0 || H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, argv[3]) < 0)
+            return die("cannot write /config");
+        H5Dclose(d), H5Sclose(sp), H5Tclose(t);
         return H5Fclose(f) < 0 ? die("close failed") : 0;
     }
     hid_t d = H5Dopen2(f, argv[3], H5P_DEFAULT);

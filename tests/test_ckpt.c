@@ -4,6 +4,7 @@
 // every load error names the file and the dataset; pruning keeps what the
 // config says.
 #include <hdf5.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -236,6 +237,41 @@ START_TEST(test_load_errors) {
 }
 END_TEST
 
+// The library refuses to write a non-finite tensor, naming it and touching
+// nothing; each stored tensor carries a crc32 attribute.
+START_TEST(test_refuses_nonfinite) {
+    Config c;
+    tiny(&c, NULL, NULL);
+    Vit m;
+    vit_build(&m, &c);
+    vit_alloc(&m, 1);
+    size_t n = m.pt.total;
+    float *v = calloc(n, 4);
+    int k = ptable_find(&m.pt, "head/kernel");
+    ck_assert_int_ge(k, 0);
+    v[m.pt.t[k].offset + 3] = INFINITY;
+    char *dir = tmpdir(), cfg[1 << 15], err[512], path[256];
+    config_to_ini(&c, cfg, sizeof cfg);
+    CkptOut o = {.step = 7, .world_size = 1, .config = cfg, .pt = &m.pt, .params = m.params,
+                 .m = m.grads, .v = v};
+    ck_assert_int_ne(ckpt_save(dir, &o, err, sizeof err), 0);
+    ck_assert_msg(strstr(err, "step 7: /opt/v/head/kernel holds a non-finite value"), "%s", err);
+    snprintf(path, sizeof path, "%s/ckpt-00000007.h5", dir);
+    ck_assert_int_ne(access(path, F_OK), 0);
+    snprintf(path, sizeof path, "%s/ckpt-00000007.h5.tmp", dir);
+    ck_assert_int_ne(access(path, F_OK), 0);
+    v[m.pt.t[k].offset + 3] = 0;
+    ck_assert_msg(ckpt_save(dir, &o, err, sizeof err) == 0, "%s", err);
+    snprintf(path, sizeof path, "%s/ckpt-00000007.h5", dir);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "/params/head/kernel", H5P_DEFAULT);
+    ck_assert_int_gt(H5Aexists(d, "crc32"), 0);
+    H5Dclose(d), H5Fclose(f);
+    free(v);
+    vit_free(&m);
+}
+END_TEST
+
 START_TEST(test_prune_keep_every) {
     Config c;
     tiny(&c, NULL, NULL);
@@ -267,6 +303,7 @@ static Suite *ckpt_suite(void) {
     tcase_add_test(t, test_resume_shards);
     tcase_add_test(t, test_load_errors);
     tcase_add_test(t, test_prune_keep_every);
+    tcase_add_test(t, test_refuses_nonfinite);
     suite_add_tcase(s, t);
     return s;
 }

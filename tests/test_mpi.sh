@@ -34,7 +34,7 @@ bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" | grep -q libmpi; then
     # Only a NO_MPI=1 build gets here; `make` on a machine with MPI links it.
     echo "mpi: skipped ($BIN built without MPI, or no mpirun)"
-    echo "mpi: 0 passed, 0 failed"
+    echo "SKIP: mpi"; echo "mpi: 0 passed, 0 failed, 1 skipped"
     exit 0
 fi
 

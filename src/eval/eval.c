@@ -106,8 +106,10 @@ static int next_eval_batch(Loader *l, const Vit *m, float *img, float *tgt, int 
 int eval_features(Vit *m, const Config *c, const char *paths, int per_class,
                   const char *names_src, float **X, int **y) {
     const int D = m->d.D, B = m->B;
-    Loader *l = open_eval(m, c, paths, 0, per_class, names_src ? eval_source_kind(names_src) : "",
-                         names_src, NULL);
+    // A few-shot set has its own classes (not model.classes); a label past
+    // EVAL_MAX_CLASSES is a damaged sample, skipped and counted by the loader.
+    Loader *l = open_eval(m, c, paths, EVAL_MAX_CLASSES, per_class,
+                         names_src ? eval_source_kind(names_src) : "", names_src, NULL);
     float *img = sm_aligned((size_t)B * m->d.S * m->d.S * m->d.C * sizeof(float));
     int *lab = sm_malloc((size_t)B * sizeof(int)), *count = NULL, ncount = 0;
     int n = 0, cap = 0, got, full = 0, done = 0, Bs;

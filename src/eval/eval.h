@@ -11,6 +11,10 @@
 // A dataset source: shard patterns (anything naming a .tar) or a folder.
 const char *eval_source_kind(const char *paths);
 
+// Labels of a few-shot set must be below this (ImageNet-21k has 21843
+// classes); the probe's weights are (D+1, classes) doubles.
+#define EVAL_MAX_CLASSES 65536
+
 // Pre-logits features (n, D) and first labels of `paths` read once in order
 // with the eval preprocessing, at most per_class images per class (0: all),
 // in batches of m->B. A folder's classes are numbered by the class names of

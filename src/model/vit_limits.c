@@ -12,6 +12,7 @@
 // expert's) tensor: the kernels index those with int, and BLAS takes int sizes.
 #define MAX_DIM (1 << 24)
 #define MAX_ELEMS 2147483647.0
+#define MAX_CHANNELS 64
 
 static int over(char *err, size_t n, const char *what, const char *keys, double v, double lim) {
     snprintf(err, n, "%s is %.4g, more than the %.4g this build supports (%s)", what, v, lim, keys);
@@ -28,6 +29,9 @@ int vit_check_sizes(const Config *c, int B, char *err, size_t n) {
     };
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
         if (dims[i].v > MAX_DIM) return over(err, n, dims[i].key, dims[i].key, dims[i].v, MAX_DIM);
+    // Images have 1 (gray) or 3 (RGB) channels; synthetic data may have a few more.
+    if (c->channels > MAX_CHANNELS)
+        return over(err, n, "model.channels", "model.channels", c->channels, MAX_CHANNELS);
     double P = c->patch, G = floor((double)c->image_size / P), Np = G * G, N = Np + 1;
     double D = c->width, M = c->mlp_dim, H = c->heads, C = c->channels, K = c->classes;
     if (Np > MAX_DIM)

@@ -258,7 +258,7 @@ int ckpt_write_new(const char *tmp, const CkptOut *c, char *err, size_t n) {
     quiet_hdf5();
     err[0] = '\0';
     char bad[PARAM_NAME + 16];
-    if (ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
+    if (!c->finite_checked && ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
         return sm_fail(err, n, "step %ld: %s holds a non-finite value (NaN or Inf): no checkpoint "
                        "written (the previous one stays the newest); training diverged, lower "
                        "optim.lr or check the data", c->step, bad);
@@ -304,7 +304,7 @@ int ckpt_write_experts(const char *tmp, const CkptOut *c, char *err, size_t n) {
     quiet_hdf5();
     err[0] = '\0';
     char bad[PARAM_NAME + 16];
-    if (ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
+    if (!c->finite_checked && ckpt_first_nonfinite(c->pt, c->params, c->m, c->v, bad, sizeof bad))
         return sm_fail(err, n, "step %ld: %s holds a non-finite value (NaN or Inf): no checkpoint "
                        "written", c->step, bad);
     hid_t fapl = strong_fapl();
@@ -388,7 +388,8 @@ static char *get_string(hid_t f, const char *name, int as_attr) {
     hid_t t = as_attr ? H5Aget_type(o) : H5Dget_type(o);
     size_t len = H5Tget_size(t);
     char *s = NULL;
-    if (H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t)) {
+    // a declared size is checked before allocating (a resolved config is a few KB)
+    if (H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t) && len <= (1u << 24)) {
         s = sm_calloc(len + 1, 1);
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, len);
@@ -477,21 +478,22 @@ static int read_tensor(hid_t f, const char *path, const char *name, const ParamS
     return rc;
 }
 
-// A 1-D u64 dataset of any length: *v malloc'd, *len its length.
-static int read_u64_array(hid_t f, const char *name, uint64_t **v, int *len) {
+// A 1-D u64 dataset of exactly `want` entries (one per rank): *v malloc'd.
+// The declared length is checked before anything is allocated for it.
+static int read_u64_array(hid_t f, const char *name, int want, uint64_t **v) {
     *v = NULL;
     if (!exists(f, name)) return -1;
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5Dget_space(d);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT), sp = d >= 0 ? H5Dget_space(d) : -1;
     hsize_t dims[1] = {0};
-    int rc = H5Sget_simple_extent_ndims(sp) == 1 ? 0 : -1;
+    int rc = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 ? 0 : -1;
+    if (rc == 0) H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (rc == 0 && (want < 1 || dims[0] != (hsize_t)want)) rc = -1;
     if (rc == 0) {
-        H5Sget_simple_extent_dims(sp, dims, NULL);
-        *len = (int)dims[0];
-        *v = sm_malloc((dims[0] ? dims[0] : 1) * sizeof(uint64_t));
-        rc = dims[0] > 0 && H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *v) >= 0
-                 ? 0 : -1;
+        *v = sm_malloc((size_t)want * sizeof(uint64_t));
+        rc = H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, *v) >= 0 ? 0 : -1;
     }
-    H5Sclose(sp), H5Dclose(d);
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
     if (rc != 0) free(*v), *v = NULL;
     return rc;
 }
@@ -537,7 +539,7 @@ static hid_t open_checked(const char *path, CkptInfo *info, char *err, size_t n)
         H5Fclose(f);
         return -1;
     }
-    if (step < 0 || info->world_size < 1) {
+    if (step < 0 || info->world_size < 1 || info->world_size > CKPT_MAX_WORLD) {
         snprintf(err, n, "checkpoint '%s' has step %lld and world_size %d: not a checkpoint a run "
                  "can continue from", path, (long long)step, info->world_size);
         H5Fclose(f);
@@ -556,10 +558,9 @@ int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, f
     info->config = get_string(f, "/config", 0);
     if (!info->config) rc = fail(err, n, "checkpoint '%s' has no dataset /config%s", path, "");
     uint64_t *ep = NULL, *tk = NULL;
-    int nep = 0, ntk = 0;
-    if (rc == 0 && (read_u64_array(f, "/state/loader_epoch", &ep, &nep) != 0 ||
-                    read_u64_array(f, "/state/loader_taken", &tk, &ntk) != 0 || nep != ntk ||
-                    nep != info->world_size ||
+    const int nep = info->world_size;
+    if (rc == 0 && (read_u64_array(f, "/state/loader_epoch", info->world_size, &ep) != 0 ||
+                    read_u64_array(f, "/state/loader_taken", info->world_size, &tk) != 0 ||
                     read_u64(f, "/state/skipped", &info->skipped) != 0))
         rc = fail(err, n, "checkpoint '%s' lacks /state/loader_epoch, loader_taken or skipped "
                   "(one entry per rank)%s", path, "");

@@ -16,6 +16,7 @@
 
 #define CKPT_FORMAT "softmoe"
 #define CKPT_VERSION 1
+#define CKPT_MAX_WORLD (1 << 20)   // ranks a checkpoint may declare
 
 typedef struct {
     long step;
@@ -26,6 +27,7 @@ typedef struct {
     LoaderPos pos;                 // loader position of rank 0 (epoch, taken)
     const LoaderPos *pos_all;      // or, when set, world_size positions, one per rank
     uint64_t skipped;
+    int finite_checked;            // the caller ran ckpt_first_nonfinite on every rank
 } CkptOut;
 
 // Writes WORKDIR/ckpt-{step:08d}.h5. Returns 0, or -1 with err naming the

@@ -114,7 +114,7 @@ static void save(Trainer *t, const Config *c, long step) {
     free(flat);
     CkptOut o = {.step = step, .world_size = t->world, .config = cfg, .pt = &t->m.pt,
                  .params = t->m.params, .m = t->opt_m, .v = t->opt_v, .pos = mine,
-                 .pos_all = all, .skipped = skipped(t)};
+                 .pos_all = all, .skipped = skipped(t), .finite_checked = 1};
     ckpt_paths(c->workdir, step, final, tmp, sizeof final);
     // No checkpoint holds a NaN or Inf: every rank checks what it holds
     // before anything is written, and the run stops naming the tensor.
@@ -356,6 +356,8 @@ static void check_eval_source(const Config *c, const char *paths, const char *na
 static void check_sources(const Config *c) {
     char err[1024];
     if (strcmp(c->source, "synthetic")) {
+        if (c->channels != 1 && c->channels != 3)
+            sm_die("model.channels = %d: images are decoded as gray (1) or RGB (3)", c->channels);
         LoaderSpec sp = loader_spec_config(c, 1);
         if (loader_check(&sp, err, sizeof err) != 0) sm_die("%s (data.train)", err);
         if (c->val[0]) check_eval_source(c, c->val, c->train, c->val_labels, "data.val");
@@ -544,6 +546,8 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     Trainer t;
     trainer_setup(&t, c);
     if (strcmp(c->source, "synthetic")) {
+        if (c->channels != 1 && c->channels != 3)
+            sm_die("model.channels = %d: images are decoded as gray (1) or RGB (3)", c->channels);
         LoaderSpec sp = loader_spec_config(c, 1);
         sp.quiet = quiet_arg;
         sp.B = t.B, sp.rank = t.rank, sp.world = t.world;
