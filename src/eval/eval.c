@@ -29,10 +29,21 @@ static LoaderSpec eval_spec(const Config *c, const char *paths, int K, int B, in
     sp.rank = dist_rank(), sp.world = dist_world();
     sp.labels = labels && labels[0] ? labels : NULL;
     *names = NULL, *nnames = 0;
-    if (!strcmp(sp.source, "folder") && names_src && strcmp(names_src, paths) &&
-        strcmp(names_kind, "synthetic") && classes_of_source(names_kind, names_src, names, nnames) == 0) {
-        snprintf(from, fromlen, "'%s'", names_src);
-        sp.class_names = *names, sp.nclass_names = *nnames, sp.names_from = from;
+    if (!strcmp(sp.source, "folder") && names_src && names_src[0] && strcmp(names_src, paths) &&
+        strcmp(names_kind, "synthetic")) {
+        if (classes_of_source(names_kind, names_src, names, nnames) == 0) {
+            snprintf(from, fromlen, "'%s'", names_src);
+            sp.class_names = *names, sp.nclass_names = *nnames, sp.names_from = from;
+        } else if (dist_rank() == 0 && !sp.labels) {
+            // said once: the sources are checked before a run and read again later
+            static char warned[CFG_PATH];
+            if (strcmp(warned, paths)) {
+                snprintf(warned, sizeof warned, "%s", paths);
+                fprintf(stderr, "softmoe: warning: '%s' names no classes (no classes.txt beside "
+                        "its shards, or no folder there): the image folder '%s' is numbered by "
+                        "its sorted subfolders\n", names_src, paths);
+            }
+        }
     }
     return sp;
 }
