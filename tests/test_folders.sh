@@ -111,5 +111,11 @@ grep -q '"fewshot/syn/5shot"' "$T/o" && grep -q "against the classes of '$T/trai
 grep -q "against the classes of '$T/sh/s-{000000..000001}.tar'.*n03" "$T/e" && ok ||
     { bad "shard-trained run does not map the val folder by classes.txt:"; cat "$T/e"; }
 
+# without classes.txt the shards name no classes: the folder is numbered by position, with a warning
+rm -f "$T/sh/classes.txt"
+"$BIN" eval "$T/w2/ckpt-00000002.h5" >/dev/null 2>"$T/e" || { bad "eval without classes.txt:"; cat "$T/e"; }
+grep -q "names no classes (no classes.txt beside its shards.*'$T/val' is numbered by its sorted subfolders" "$T/e" &&
+    ok || { bad "no warning when the training data names no classes:"; cat "$T/e"; }
+
 echo "folders: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
