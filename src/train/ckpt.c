@@ -109,9 +109,9 @@ static int put_array(hid_t f, hid_t lcpl, const char *name, hid_t ftype, hid_t m
 }
 
 // The dataset's "crc32" attribute: one u32 per piece. This rank's pieces are
-// set to the crcs of `data`; the others are kept (create: zero, to be filled
-// in by the ranks that own them).
-static int put_crcs(hid_t d, const ParamSpec *s, const float *data, int create) {
+// set to the crcs of `data` (also written to out, for the verification);
+// the others are kept (create: zero, to be filled in by the ranks that own them).
+static int put_crcs(hid_t d, const ParamSpec *s, const float *data, int create, uint32_t *out) {
     int total = pieces_total(s), local = pieces_local(s), first = piece_first(s);
     uint32_t *crc = sm_calloc((size_t)total, sizeof *crc);
     size_t len = s->numel / (size_t)local;
@@ -125,7 +125,7 @@ static int put_crcs(hid_t d, const ParamSpec *s, const float *data, int create) 
         a = H5Aopen(d, "crc32", H5P_DEFAULT);
         if (a < 0 || H5Aread(a, H5T_NATIVE_UINT32, crc) < 0) rc = -1;
     }
-    for (int p = 0; p < local; p++) crc[first + p] = crc_floats(data + (size_t)p * len, len);
+    for (int p = 0; p < local; p++) out[p] = crc[first + p] = crc_floats(data + (size_t)p * len, len);
     if (a < 0 || rc != 0 || H5Awrite(a, H5T_NATIVE_UINT32, crc) < 0) rc = -1;
     if (a >= 0 && H5Aclose(a) < 0) rc = -1;
     if (sp >= 0 && H5Sclose(sp) < 0) rc = -1;
@@ -137,7 +137,7 @@ static int put_crcs(hid_t d, const ParamSpec *s, const float *data, int create) 
 // tensor the hyperslab of this rank's experts inside the whole (E, ...)
 // dataset. create: the dataset does not exist yet.
 static int put_tensor(hid_t f, hid_t lcpl, const char *name, const ParamSpec *s,
-                      const float *data, int create) {
+                      const float *data, int create, uint32_t *crcs) {
     hsize_t dims[PARAM_MAXDIM], local[PARAM_MAXDIM], start[PARAM_MAXDIM] = {0};
     int gshape[PARAM_MAXDIM];
     ptable_global_shape(s, gshape);
@@ -157,7 +157,7 @@ static int put_tensor(hid_t f, hid_t lcpl, const char *name, const ParamSpec *s,
     } else if (rc == 0) {
         rc = H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0 ? 0 : -1;
     }
-    if (rc == 0) rc = put_crcs(d, s, data, create);
+    if (rc == 0) rc = put_crcs(d, s, data, create, crcs);
     if (d >= 0 && H5Dclose(d) < 0) rc = -1;
     if (H5Sclose(fsp) < 0) rc = -1;
     return rc;
@@ -169,33 +169,49 @@ static void out_blocks(const CkptOut *c, const float *blocks[3]) {
     blocks[0] = c->params, blocks[1] = c->m, blocks[2] = c->v;
 }
 
+// The crcs this rank writes, one per piece of every tensor it writes, in
+// writing order (malloc'd): verify compares the stored ones with these.
+static uint32_t *crc_log(const CkptOut *c, int experts_only) {
+    const float *blocks[3];
+    out_blocks(c, blocks);
+    size_t k = 0;
+    for (int g = 0; g < 3; g++)
+        for (int i = 0; blocks[g] && i < c->pt->n; i++)
+            if (!experts_only || ptable_is_expert(&c->pt->t[i])) k += (size_t)pieces_local(&c->pt->t[i]);
+    return sm_malloc((k ? k : 1) * sizeof(uint32_t));
+}
+
 // The tensors of /params, /opt/m, /opt/v; experts_only: only the expert
-// slices, into datasets rank 0 created.
-static int put_groups(hid_t f, hid_t lcpl, const CkptOut *c, int experts_only, char *err,
-                      size_t n, const char *path) {
+// slices, into datasets rank 0 created. Their crcs go to log (crc_log).
+static int put_groups(hid_t f, hid_t lcpl, const CkptOut *c, int experts_only, uint32_t *log,
+                      char *err, size_t n, const char *path) {
     const float *blocks[3];
     out_blocks(c, blocks);
     char name[PARAM_NAME + 16];
+    size_t k = 0;
     for (int g = 0; g < 3; g++) {
         if (!blocks[g]) continue;
         for (int i = 0; i < c->pt->n; i++) {
             const ParamSpec *s = &c->pt->t[i];
             if (experts_only && !ptable_is_expert(s)) continue;
             snprintf(name, sizeof name, "%s/%s", group_names[g], s->name);
-            if (put_tensor(f, lcpl, name, s, blocks[g] + s->offset, !experts_only) != 0)
+            if (put_tensor(f, lcpl, name, s, blocks[g] + s->offset, !experts_only, log + k) != 0)
                 return sm_fail(err, n, "checkpoint '%s': writing dataset %s failed", path, name);
+            k += (size_t)pieces_local(s);
         }
     }
     return 0;
 }
 
 static int read_tensor(hid_t f, const char *path, const char *name, const ParamSpec *s,
-                       float *dst, char *err, size_t n);
+                       float *dst, const uint32_t *want, char *err, size_t n);
 
 // Reads back what this rank wrote (experts_only: its expert slices) and
-// compares each piece's crc with the in-memory data's: a write that HDF5 or
-// the kernel lost, or that left zeros, is caught before the rename.
-static int verify(const char *path, const CkptOut *c, int experts_only, char *err, size_t n) {
+// compares it with memory, and each stored crc with the one computed when it
+// was written (log): a write that HDF5 or the kernel lost, or that left
+// zeros, is caught before the rename.
+static int verify(const char *path, const CkptOut *c, int experts_only, const uint32_t *log,
+                  char *err, size_t n) {
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     hid_t f = fapl >= 0 && H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) >= 0
                   ? H5Fopen(path, H5F_ACC_RDONLY, fapl) : -1;
@@ -208,15 +224,17 @@ static int verify(const char *path, const CkptOut *c, int experts_only, char *er
     out_blocks(c, blocks);
     char name[PARAM_NAME + 16];
     int rc = 0;
+    size_t k = 0;
     for (int g = 0; g < 3 && rc == 0; g++) {
         if (!blocks[g]) continue;
         for (int i = 0; i < c->pt->n && rc == 0; i++) {
             const ParamSpec *s = &c->pt->t[i];
             if (experts_only && !ptable_is_expert(s)) continue;
             snprintf(name, sizeof name, "%s/%s", group_names[g], s->name);
-            // read_tensor checks the stored crcs against what it read ...
-            rc = read_tensor(f, path, name, s, buf, err, n);
-            // ... and this, what it read against what was meant to be written
+            // read_tensor checks the stored crcs against the written ones ...
+            rc = read_tensor(f, path, name, s, buf, log + k, err, n);
+            k += (size_t)pieces_local(s);
+            // ... and this, the data read back against what was meant to be written
             if (rc == 0 && memcmp(buf, blocks[g] + s->offset, s->numel * sizeof(float)) != 0)
                 rc = sm_fail(err, n, "checkpoint '%s': dataset %s reads back different from what "
                              "was written", path, name);
@@ -292,11 +310,13 @@ int ckpt_write_new(const char *tmp, const CkptOut *c, char *err, size_t n) {
              put_array(f, lcpl, "/state/skipped", H5T_STD_U64LE, H5T_NATIVE_UINT64, 0, NULL, &sk);
     free(ep);
     if (rc != 0) sm_fail(err, n, "checkpoint '%s': writing attributes/config/state failed", tmp);
-    if (rc == 0) rc = put_groups(f, lcpl, c, 0, err, n, tmp);
+    uint32_t *log = crc_log(c, 0);
+    if (rc == 0) rc = put_groups(f, lcpl, c, 0, log, err, n, tmp);
     if (lcpl >= 0 && H5Pclose(lcpl) < 0 && rc == 0)
         rc = sm_fail(err, n, "checkpoint '%s': HDF5 property list close failed", tmp);
     rc = close_file(f, rc, err, n, tmp);
-    if (rc == 0) rc = verify(tmp, c, 0, err, n);
+    if (rc == 0) rc = verify(tmp, c, 0, log, err, n);
+    free(log);
     return rc;
 }
 
@@ -311,8 +331,10 @@ int ckpt_write_experts(const char *tmp, const CkptOut *c, char *err, size_t n) {
     hid_t f = fapl >= 0 ? H5Fopen(tmp, H5F_ACC_RDWR, fapl) : -1;
     if (fapl >= 0) H5Pclose(fapl);
     if (f < 0) return sm_fail(err, n, "cannot open checkpoint '%s' to add this rank's experts", tmp);
-    int rc = close_file(f, put_groups(f, H5P_DEFAULT, c, 1, err, n, tmp), err, n, tmp);
-    if (rc == 0) rc = verify(tmp, c, 1, err, n);
+    uint32_t *log = crc_log(c, 1);
+    int rc = close_file(f, put_groups(f, H5P_DEFAULT, c, 1, log, err, n, tmp), err, n, tmp);
+    if (rc == 0) rc = verify(tmp, c, 1, log, err, n);
+    free(log);
     // Durable before the next rank goes on: rank 0's fsync may not reach
     // what another node wrote.
     if (rc == 0 && fsync_path(tmp, 0) != 0)
@@ -403,11 +425,14 @@ static char *get_string(hid_t f, const char *name, int as_attr) {
     return s;
 }
 
-// Compares the crcs of what was read with the dataset's "crc32" attribute
-// (checkpoints without one, from before checksums, are taken as they are).
+// Compares the dataset's "crc32" attribute with the crcs of what was read,
+// or with `want` (the crcs computed when it was written; then the attribute
+// must be there). Checkpoints from before checksums are taken as they are.
 static int check_crcs(hid_t d, const char *path, const char *name, const ParamSpec *s,
-                      const float *data, char *err, size_t n) {
-    if (H5Aexists(d, "crc32") <= 0) return 0;
+                      const float *data, const uint32_t *want, char *err, size_t n) {
+    if (H5Aexists(d, "crc32") <= 0)
+        return want ? fail(err, n, "checkpoint '%s': dataset %s lost its crc32 attribute", path,
+                           name) : 0;
     int total = pieces_total(s), local = pieces_local(s), first = piece_first(s);
     hid_t a = H5Aopen(d, "crc32", H5P_DEFAULT);
     hid_t sp = a >= 0 ? H5Aget_space(a) : -1;
@@ -423,14 +448,15 @@ static int check_crcs(hid_t d, const char *path, const char *name, const ParamSp
     }
     size_t len = s->numel / (size_t)local;
     for (int p = 0; p < local && rc == 0; p++)
-        if (crc_floats(data + (size_t)p * len, len) != crc[first + p]) rc = -1;
+        if ((want ? want[p] : crc_floats(data + (size_t)p * len, len)) != crc[first + p]) rc = -1;
     free(crc);
     return rc ? fail(err, n, "checkpoint '%s': dataset %s does not match its checksum (corrupt "
                      "file)", path, name) : 0;
 }
 
+// want: see check_crcs (NULL when loading; then the values must be finite).
 static int read_tensor(hid_t f, const char *path, const char *name, const ParamSpec *s,
-                       float *dst, char *err, size_t n) {
+                       float *dst, const uint32_t *want, char *err, size_t n) {
     if (!exists(f, name)) return fail(err, n, "checkpoint '%s' has no dataset %s", path, name);
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
@@ -468,8 +494,8 @@ static int read_tensor(hid_t f, const char *path, const char *name, const ParamS
             rc = fail(err, n, "checkpoint '%s': reading dataset %s failed (truncated file?)", path,
                       name);
         if (msp != H5S_ALL) H5Sclose(msp);
-        if (rc == 0) rc = check_crcs(d, path, name, s, dst, err, n);
-        if (rc == 0 && !all_finite(dst, s->numel))
+        if (rc == 0) rc = check_crcs(d, path, name, s, dst, want, err, n);
+        if (rc == 0 && !want && !all_finite(dst, s->numel))
             rc = fail(err, n, "checkpoint '%s': dataset %s holds non-finite values (NaN or Inf)",
                       path, name);
     }
@@ -577,7 +603,7 @@ int ckpt_load(const char *path, const ParamTable *pt, float *params, float *m, f
         if (!blocks[g]) continue;
         for (int i = 0; i < pt->n && rc == 0; i++) {
             snprintf(name, sizeof name, "%s/%s", groups[g], pt->t[i].name);
-            rc = read_tensor(f, path, name, &pt->t[i], blocks[g] + pt->t[i].offset, err, n);
+            rc = read_tensor(f, path, name, &pt->t[i], blocks[g] + pt->t[i].offset, NULL, err, n);
         }
     }
     H5Fclose(f);
@@ -654,7 +680,7 @@ int ckpt_read_param(const char *path, const ParamSpec *s, float *dst, int *ndim,
             if (same) same = hd[k] == (hsize_t)gshape[k];
         }
         H5Sclose(sp), H5Dclose(d);
-        rc = same ? read_tensor(f, path, name, s, dst, err, n) : 1;
+        rc = same ? read_tensor(f, path, name, s, dst, NULL, err, n) : 1;
     }
     H5Fclose(f);
     return rc;
