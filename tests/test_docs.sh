@@ -166,6 +166,19 @@ $(sed -n 's/^ *example: //p' "$T/usage")
 EOF
 [ "$n" -gt 0 ] && ok || bad "softmoe --help shows no example"
 
+# ---------------------------------------------------------------- docs
+# A clone holds everything the docs point to: no DESIGN.md or ../ paths, and
+# every relative link of README.md and docs/*.md resolves to a file here.
+for md in README.md docs/*.md; do
+    grep -n 'DESIGN\.md\|\.\./shared' "$md" && bad "$md points outside the repository" || ok
+    grep -o '](\([^)#:]*\)[)#]' "$md" | sed 's/^](//; s/[)#]$//' | while IFS= read -r l; do
+        [ -z "$l" ] && continue
+        [ -e "$(dirname "$md")/$l" ] || echo "$md: link '$l' does not resolve"
+    done >"$T/links"
+    [ -s "$T/links" ] && bad "$(cat "$T/links")" || ok
+done
+for f in maths.md formats.md contributing.md; do [ -s "docs/$f" ] && ok || bad "docs/$f missing"; done
+
 # ---------------------------------------------------------------- Makefile
 # Every phony target is run above or named here with the reason it is not.
 for t in $(sed -n 's/^\.PHONY://p' Makefile); do
