@@ -61,7 +61,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench bench-experts bench-mpi clean
+.PHONY: all deps found test train bench bench-experts bench-mpi paper clean
 all: found $(BIN)
 
 found:
@@ -118,21 +118,38 @@ FMNIST     := data/fmnist
 $(FMNIST)/test-000000.tar: | $(BIN)
 	$(BIN) shards fmnist $(FMNIST_IDX) $(FMNIST) $(FMNIST_PER_SHARD)
 
-train: found $(BIN) $(if $(filter fmnist_softmoe finetune_fmnist,$(CONFIG)),$(FMNIST)/test-000000.tar)
+train: found $(BIN) $(if $(filter fmnist_softmoe fmnist_tokens_choice fmnist_experts_choice finetune_fmnist,$(CONFIG)),$(FMNIST)/test-000000.tar)
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)
 
-# ViT-S/16 at 224 px, batch 8, 1000 classes: dense, Soft MoE 32x4 and 128x1
-# (the last needs ~15 GB of RAM), then the default config on its Fashion-MNIST
-# shards (written first if missing). Random images for S/16: the paper configs
-# name JFT shards (jft.ini), which bench would otherwise open.
+# ViT-S/16 at 224 px, batch 8, 1000 classes: dense, Soft MoE 32x4, the sparse
+# baselines with 32 experts at Soft MoE 32x4's 128 expert rows per image
+# (Tokens Choice k=1 and k=2 in groups of 8 images: capacity 32 per expert and
+# group; Experts Choice per image: 4 per expert), Soft MoE 128x1 (needs ~15 GB
+# of RAM), then the default config on its Fashion-MNIST shards (written first
+# if missing). Random images for S/16: the paper configs name JFT shards
+# (jft.ini), which bench would otherwise open.
 S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent data.source=synthetic
 bench: found $(BIN) $(FMNIST)/test-000000.tar
 	$(BIN) bench configs/vit_s16.ini $(S16) $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)
+	$(BIN) bench configs/vit_s16_tokens_choice.ini $(S16) moe.capacity_factor=0.65 $(ARGS)
+	$(BIN) bench configs/vit_s16_tokens_choice_k2.ini $(S16) moe.capacity_factor=0.325 $(ARGS)
+	$(BIN) bench configs/vit_s16_experts_choice.ini $(S16) moe.capacity_factor=0.65 $(ARGS)
 	$(BIN) bench configs/vit_s16_softmoe.ini $(S16) $(ARGS)
 	$(BIN) bench configs/fmnist_softmoe.ini $(ARGS)
 
-# Step time against the number of experts at 128 slots (scripts/bench_experts.sh).
+# The paper's comparisons at small scale (scripts/paper.sh): dense ViTs, Soft
+# MoE, Tokens Choice, Experts Choice and the routing ablations on
+# Fashion-MNIST, then the plots (scripts/plot.py paper) beside results.csv.
+# PAPER_STEPS=N and PAPER_ONLY="patterns" for quick tries.
+paper: found $(BIN) $(FMNIST)/test-000000.tar
+	sh scripts/paper.sh
+	@if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then \
+	  /usr/bin/python3 scripts/plot.py paper $${PAPER_OUT:-runs/paper}/results.csv; \
+	else echo "SKIP: paper plots (python3-matplotlib missing: WITH_PYTHON=1 make deps)"; fi
+
+# Step and MoE block time against the number of experts (8..1024) at one
+# expert row per token, for every router (scripts/bench_experts.sh).
 bench-experts: found $(BIN)
 	sh scripts/bench_experts.sh $(BIN)
 

@@ -76,6 +76,33 @@ CASES = [
          model=dict(BASE, image_size=12, mlp_dim=16, pool="tok", posemb="sincos2d",
                     qk_norm=True, loss="sigmoid_xent"),
          moe=dict(experts=5, slots=1, layers="every:1", router="soft")),
+    # Sparse routers (DESIGN.md "Sparse routers and ablations"), in training
+    # mode: `input/noise` holds the N(0,1) draws (B*N, E) every MoE block adds
+    # (times noise_std / E) to its logits, so the load loss is in. The loss
+    # whose gradients are stored is the classification loss plus the
+    # auxiliary loss (`output/aux_loss`). N = 9 tokens per image.
+    # Tokens Choice k=2 with BPR in groups of 2 images; capacity
+    # ceil(18 * 2 * 0.75 / 4) = 7 of 9 choices per expert on average: drops.
+    dict(name="tokens_choice_k2", seed=1006, batch=4,
+         model=dict(BASE, image_size=12, mlp_dim=16, pool="gap", posemb="learn",
+                    qk_norm=False, loss="softmax_xent"),
+         moe=dict(experts=4, router="tokens_choice", k=2, bpr="true", group_size=2,
+                  capacity_factor=0.75, layers="last_half", noise_std=1.0,
+                  importance_weight=0.1, load_weight=0.1)),
+    # Tokens Choice k=1 without BPR, one image per group, in both blocks;
+    # capacity ceil(9 / 4) = 3 of 2.25 choices per expert on average.
+    dict(name="tokens_choice_k1", seed=1007, batch=3,
+         model=dict(BASE, image_size=12, mlp_dim=16, pool="gap", posemb="learn",
+                    qk_norm=False, loss="softmax_xent"),
+         moe=dict(experts=4, router="tokens_choice", k=1, bpr="false", group_size=1,
+                  capacity_factor=1.0, layers="every:1", noise_std=1.0,
+                  importance_weight=0.1, load_weight=0.1)),
+    # Experts Choice in groups of 2 images: C = round(18 * 1.2 / 4) = 5.
+    dict(name="experts_choice", seed=1008, batch=4,
+         model=dict(BASE, image_size=12, mlp_dim=16, pool="gap", posemb="learn",
+                    qk_norm=False, loss="softmax_xent"),
+         moe=dict(experts=4, router="experts_choice", group_size=2, capacity_factor=1.2,
+                  layers="last_half", noise_std=1.0)),
 ]
 
 
@@ -164,11 +191,113 @@ def soft_moe_forward(p, prefix, y, m, moe, tap=None):
     return out
 
 
+def sparse_specs(prefix, m, moe):
+    D, M, E = m["width"], m["mlp_dim"], moe["experts"]
+    return [(prefix + "Router/dense/kernel", (D, E), "kernel"),
+            (prefix + "Mlp/Dense_0/kernel", (E, D, M), "kernel"),
+            (prefix + "Mlp/Dense_0/bias", (E, M), "bias"),
+            (prefix + "Mlp/Dense_1/kernel", (E, M, D), "kernel"),
+            (prefix + "Mlp/Dense_1/bias", (E, D), "bias")]
+
+
+def capacity(moe, group_tokens):
+    """vmoe's compute_capacity: TC ceil(T*k*cf/E), EC round(T*cf/E), then up
+    to a multiple of capacity_multiple_of, at least 1 (EC: at most T)."""
+    E, cf, mult = moe["experts"], moe["capacity_factor"], moe.get("capacity_multiple_of", 1)
+    if moe["router"] == "tokens_choice":
+        c = int(math.ceil(group_tokens * moe["k"] * cf / E))
+    else:
+        c = int(round(group_tokens * cf / E))
+    c = max(c, 1)
+    c += (-c) % mult
+    return c if moe["router"] == "tokens_choice" else min(c, group_tokens)
+
+
+MARGIN = 1e-5  # selections closer than this in float64 could flip in float32
+# Choices dropped past capacity (Tokens Choice) and tokens no expert took
+# (Experts Choice) in the last forward: compute() insists on some, so the
+# fixtures exercise those paths.
+SPARSE_STATS = {}
+
+
+def cv2(x):
+    return (x.std(unbiased=False) / x.mean()) ** 2
+
+
+def sparse_forward(p, prefix, y, m, moe, tap=None):
+    """Tokens Choice / Experts Choice on y (B,N,D) with the noise in moe["_noise"]:
+    each token's output is the gate-weighted sum of the experts that took it,
+    every expert applied to the token itself (an expert's output on a row
+    depends on that row alone, so no buffer layout is needed here)."""
+    B, N, D = y.shape
+    E, G = moe["experts"], moe.get("group_size", 1)
+    T = G * N
+    C = capacity(moe, T)
+    sigma = moe.get("noise_std", 1.0) / E
+    expert = [lambda v, e=e: mlp(v, p[prefix + "Mlp/Dense_0/kernel"][e], p[prefix + "Mlp/Dense_0/bias"][e],
+                                 p[prefix + "Mlp/Dense_1/kernel"][e], p[prefix + "Mlp/Dense_1/bias"][e])
+              for e in range(E)]
+    logits_all = y.reshape(B * N, D) @ p[prefix + "Router/dense/kernel"]
+    noise = moe["_noise"]
+    outs, imps, loads, gates_all = [], [], [], []
+    for q in range(B // G):
+        x = y[q * G:(q + 1) * G].reshape(T, D)
+        logits = logits_all[q * T:(q + 1) * T]
+        noisy = logits + sigma * noise[q * T:(q + 1) * T]
+        gates = torch.softmax(noisy, -1)
+        gates_all.append(gates)
+        ys = torch.stack([expert[e](x) for e in range(E)], 1)      # (T,E,D) every pair
+        weight = torch.zeros((T, E), dtype=torch.float64)          # combine weight of kept pairs
+        g = gates.detach()
+        if moe["router"] == "tokens_choice":
+            k = moe["k"]
+            vals, idx = torch.topk(g, E, dim=-1)                    # full order, for margins
+            assert bool(((vals[:, k - 1] - vals[:, k]) > MARGIN).all()), "top-k tie"
+            if moe.get("bpr", "true") == "true":
+                top1 = vals[:, 0]
+                order = sorted(range(T), key=lambda t: (-float(top1[t]), t))
+                srt = torch.sort(top1).values
+                assert bool(((srt[1:] - srt[:-1]) > MARGIN).all()), "BPR tie"
+            else:
+                order = list(range(T))
+            fill = [0] * E
+            for kk in range(k):                                    # k-major priority
+                for t in order:
+                    e = int(idx[t, kk])
+                    if fill[e] < C:
+                        fill[e] += 1
+                        weight[t, e] = 1.0
+                    else:
+                        SPARSE_STATS["dropped"] = SPARSE_STATS.get("dropped", 0) + 1
+            imps.append(cv2(torch.softmax(logits, -1).sum(0)))    # clean gates, as vmoe
+            thr = noisy.gather(1, idx[:, k - 1:k])                 # k-th largest noisy logit
+            P = 1.0 - torch.distributions.Normal(0.0, 1.0).cdf((thr - logits) / sigma)
+            loads.append(cv2(P.mean(0)))
+        else:
+            for e in range(E):
+                col = torch.sort(g[:, e], descending=True).values
+                assert C >= T or float(col[C - 1] - col[C]) > MARGIN, "top-C tie"
+                weight[torch.topk(g[:, e], C).indices, e] = 1.0
+            SPARSE_STATS["unprocessed"] = (SPARSE_STATS.get("unprocessed", 0) +
+                                           int((weight.sum(1) == 0).sum()))
+        outs.append(((weight * gates)[:, :, None] * ys).sum(1).reshape(G, N, D))
+    out = torch.cat(outs, 0)
+    if moe["router"] == "tokens_choice":
+        nq = len(imps)
+        moe["_aux"].append(moe["importance_weight"] * sum(imps) / nq +
+                           moe["load_weight"] * sum(loads) / nq)
+    if tap is not None:
+        tap.update(router_logits=logits_all, router_gates=torch.cat(gates_all, 0))
+    return out
+
+
 # kind -> (checkpoint sub-prefix inside the block, specs(prefix, model, moe),
 #          forward(p, prefix, y, model, moe, tap))
 MLP_KINDS = {
     "dense": ("Mlp/", dense_mlp_specs, dense_mlp_forward),
     "soft": ("Moe/", soft_moe_specs, soft_moe_forward),
+    "tokens_choice": ("Moe/", sparse_specs, sparse_forward),
+    "experts_choice": ("Moe/", sparse_specs, sparse_forward),
 }
 
 
@@ -193,9 +322,10 @@ def block_kinds(case):
         return case["blocks"]
     moe = case.get("moe", {})
     if moe.get("experts", 0) > 0:
-        assert moe.get("router", "soft") == "soft", "only the Soft MoE router is written out"
+        kind = moe.get("router", "soft")
+        assert kind in MLP_KINDS, "router %s is not written out" % kind
         sel = moe_layers(moe.get("layers", "last_half"), L)
-        return ["soft" if l in sel else "dense" for l in range(L)]
+        return [kind if l in sel else "dense" for l in range(L)]
     return ["dense"] * L
 
 
@@ -314,10 +444,13 @@ def patchify(images, P):
     return t.reshape(B, G * G, P * P * C)
 
 
-def forward(case, p, images, targets, tap=None):
-    """Returns (logits (B,K), prelogits (B,D), loss ()). If `tap` is a dict,
-    the first Soft MoE block stores its intermediates there."""
+def forward(case, p, images, targets, tap=None, noise=None):
+    """Returns (logits (B,K), prelogits (B,D), loss (), aux ()): aux is the
+    sparse routers' auxiliary loss summed over blocks (0 otherwise). If `tap`
+    is a dict, the first MoE block stores its intermediates there; `noise`
+    (B*N, E) is the sparse routers' N(0,1) draws."""
     m = case["model"]
+    moe = dict(case.get("moe", {}), _noise=noise, _aux=[])
     P, D = m["patch"], m["width"]
     B = images.shape[0]
     G = m["image_size"] // P
@@ -337,7 +470,7 @@ def forward(case, p, images, targets, tap=None):
         y = layernorm(x, p[b + "LayerNorm_1/scale"], p[b + "LayerNorm_1/bias"])
         sub, _, mlp_forward = MLP_KINDS[kind]
         first_moe = kind != "dense" and kind not in block_kinds(case)[:i]
-        x = x + mlp_forward(p, b + sub, y, m, case.get("moe"), tap if first_moe else None)
+        x = x + mlp_forward(p, b + sub, y, m, moe, tap if first_moe else None)
     x = layernorm(x, p["Encoder/encoder_norm/scale"], p["Encoder/encoder_norm/bias"])
 
     if m["pool"] == "gap":
@@ -361,39 +494,61 @@ def forward(case, p, images, targets, tap=None):
         loss = -(targets * lp(logits) + (1 - targets) * lp(-logits)).sum(-1).mean()
     else:
         raise ValueError("unknown loss " + m["loss"])
-    return logits, pooled, loss
+    aux = sum(moe["_aux"]) if moe["_aux"] else torch.zeros((), dtype=torch.float64)
+    return logits, pooled, loss, aux
+
+
+def is_sparse(case):
+    return case.get("moe", {}).get("router", "soft") in ("tokens_choice", "experts_choice")
 
 
 def build(case):
-    """Draws params and inputs for a case (deterministic in its seed)."""
+    """Draws params, inputs and (sparse routers) the routing noise for a case
+    (deterministic in its seed)."""
     gen = torch.Generator().manual_seed(case["seed"])
     params = {name: draw(gen, shape, kind) for name, shape, kind in param_specs(case)}
     images, targets = draw_inputs(gen, case)
-    return params, images, targets
+    noise = None
+    if is_sparse(case):
+        m = case["model"]
+        N = (m["image_size"] // m["patch"]) ** 2 + (1 if m["pool"] == "tok" else 0)
+        noise = torch.randn((case["batch"] * N, case["moe"]["experts"]), generator=gen,
+                            dtype=torch.float32).to(torch.float64)
+    return params, images, targets, noise
 
 
 def compute(case):
     """Returns the ordered list of records (kind, name, array|text) for a case."""
-    params, images, targets = build(case)
+    params, images, targets, noise = build(case)
     for t in params.values():
         t.requires_grad_(True)
     tap = {}
-    logits, pooled, loss = forward(case, params, images, targets, tap)
+    SPARSE_STATS.clear()
+    logits, pooled, loss, aux = forward(case, params, images, targets, tap, noise)
+    if is_sparse(case):
+        what = "dropped" if case["moe"]["router"] == "tokens_choice" else "unprocessed"
+        assert SPARSE_STATS.get(what, 0) > 0, case["name"] + ": no token " + what
+        print("%s: %d %s" % (case["name"], SPARSE_STATS[what], what))
     names = list(params)
-    grads = torch.autograd.grad(loss, [params[n] for n in names])
-    if tap:
+    grads = torch.autograd.grad(loss + aux, [params[n] for n in names])
+    if "moe_dispatch" in tap:
         check_moe_weights(tap)
     rec = [("TEXT", "config", config_text(case)),
            ("F32 ", "input/images", images),
            ("F32 ", "input/targets", targets)]
+    if noise is not None:
+        rec.append(("F32 ", "input/noise", noise))
     rec += [("F32 ", "params/" + n, params[n].detach()) for n in names]
     rec += [("F32 ", "output/logits", logits.detach()),
             ("F32 ", "output/prelogits", pooled.detach()),
             ("F32 ", "output/loss", loss.detach())]
+    if is_sparse(case):
+        rec.append(("F32 ", "output/aux_loss", aux.detach()))
     rec += [("F32 ", "grads/" + n, g) for n, g in zip(names, grads)]
     # Intermediates of the first Soft MoE block, for debugging a mismatch.
     rec += [("F32 ", "debug/" + k, tap[k].detach())
-            for k in ("moe_dispatch", "moe_combine", "moe_slots_in", "moe_out") if k in tap]
+            for k in ("moe_dispatch", "moe_combine", "moe_slots_in", "moe_out", "router_logits",
+                      "router_gates") if k in tap]
     return [(k, n, v if k == "TEXT" else v.numpy().astype("<f4")) for k, n, v in rec]
 
 
@@ -409,12 +564,13 @@ def check_moe_weights(tap):
 def gradcheck(case):
     """torch.autograd.gradcheck of the float64 loss against every parameter
     (finite differences; slow, so only on request: --gradcheck)."""
-    params, images, targets = build(case)
+    params, images, targets, noise = build(case)
     names = list(params)
     inputs = tuple(params[n].clone().requires_grad_(True) for n in names)
 
     def loss_of(*ts):
-        return forward(case, dict(zip(names, ts)), images, targets)[2]
+        r = forward(case, dict(zip(names, ts)), images, targets, None, noise)
+        return r[2] + r[3]
 
     return torch.autograd.gradcheck(loss_of, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 

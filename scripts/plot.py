@@ -6,6 +6,7 @@ and WORKDIR/config.ini (the resolved config). Needs Debian's python3-matplotlib
 (`WITH_PYTHON=1 make deps`).
 
   scripts/plot.py curves runs/a runs/b -o curves.png [--logy] [--labels A,B]
+  scripts/plot.py paper runs/paper/results.csv [--outdir DIR] [--bench FILE]
   scripts/plot.py pareto runs/* -o pareto.png [--metric val/prec@1]
                   [--cost gflops|core_hours] [--bin build/softmoe]
                   [--gflops-per-image X] [--cores N]
@@ -20,6 +21,10 @@ and MoE runs ([moe] experts > 0) marked apart, with the Pareto front.
   core_hours = sum over logged intervals of steps * batch_size / img_per_s,
                times cores (--cores, default os.cpu_count()) / 3600.
 A metric whose name ends in "loss" counts as lower-is-better.
+paper: from scripts/paper.sh's results.csv, pareto.png (test prec@1 and
+10-shot against training GFLOP and core-seconds, a colour and a front line
+per family), ablations.png, dropping.png and, from bench_experts.txt (make
+bench-experts output) beside it, throughput.png.
 """
 import argparse
 import json
@@ -250,6 +255,180 @@ def cmd_pareto(args):
     save(fig, args.output)
 
 
+# ---- paper: the grid of scripts/paper.sh ----
+
+FAMILY_STYLE = [  # (family label, marker, colour), in legend order
+    ("dense ViT", "s", "C0"), ("Soft MoE", "o", "C3"), ("Tokens Choice k=1", "^", "C2"),
+    ("Tokens Choice k=2", "v", "C8"), ("Experts Choice", "D", "C1")]
+
+
+def paper_family(row):
+    f = row["family"]
+    if f == "dense":
+        return "dense ViT"
+    if f == "softmoe":
+        return "Soft MoE"
+    if f == "tokens_choice":
+        return f"Tokens Choice k={row['k']}"
+    if f == "experts_choice":
+        return "Experts Choice"
+    return None  # ablations: their own chart
+
+
+def num(row, key):
+    try:
+        v = float(row[key])
+    except (KeyError, ValueError):
+        return math.nan
+    return v
+
+
+def read_results(path):
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        die(f"{path} has no runs")
+    return rows
+
+
+def paper_pareto(rows, outdir):
+    panels = [("test_prec1", "test prec@1"), ("fewshot_10shot", "10-shot accuracy")]
+    costs = [("train_gflop", "training cost (GFLOP, forward + backward)"),
+             ("core_seconds", "training cost (measured core-seconds)")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+    for i, (metric, mlabel) in enumerate(panels):
+        for j, (cost, clabel) in enumerate(costs):
+            ax = axes[i][j]
+            for fam, marker, color in FAMILY_STYLE:
+                pts = [(num(r, cost), num(r, metric)) for r in rows if paper_family(r) == fam]
+                pts = [p for p in pts if math.isfinite(p[0]) and math.isfinite(p[1])]
+                if not pts:
+                    continue
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                           s=45, label=fam, zorder=3)
+                front = pareto_front(pts, False)
+                ax.plot([p[0] for p in front], [p[1] for p in front], color=color, linewidth=1.5,
+                        zorder=2)
+            ax.set_xscale("log")
+            ax.set_xlabel(clabel)
+            ax.set_ylabel(mlabel)
+            ax.grid(alpha=0.3, which="both")
+            if i == 0 and j == 0:
+                ax.legend(fontsize=9)
+    fig.suptitle("Fashion-MNIST: accuracy against training cost (lines: each family's Pareto front)")
+    save(fig, os.path.join(outdir, "pareto.png"))
+
+
+def paper_ablations(rows, outdir):
+    abl = [r for r in rows if r["family"] == "ablation"]
+    if not abl:
+        warn("no ablation runs in the results; ablations.png not written")
+        return
+    order = ["abl-soft", "abl-uniform", "abl-uniform_soft", "abl-soft_uniform", "abl-identity"]
+    abl.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    names = [r["name"].replace("abl-", "").replace("_", "-").title() for r in abl]
+    x = range(len(abl))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    w = 0.38
+    ax.bar([i - w / 2 for i in x], [num(r, "test_prec1") for r in abl], w, label="test prec@1",
+           color="C3")
+    ax.bar([i + w / 2 for i in x], [num(r, "fewshot_10shot") for r in abl], w,
+           label="10-shot accuracy", color="C0")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names)
+    ax.set_xlabel("dispatch-combine (S = N slots, independently initialised experts)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.12)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=9, loc="upper center", ncol=2)
+    ax.set_title("Routing ablations (the paper's Table 2 at small scale)")
+    save(fig, os.path.join(outdir, "ablations.png"))
+
+
+def paper_dropping(rows, outdir):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    any_point = False
+    for fam, marker, color in FAMILY_STYLE[2:]:
+        for width in sorted({r["width"] for r in rows}, key=int):
+            pts = sorted((num(r, "experts"), num(r, "dropped")) for r in rows
+                         if paper_family(r) == fam and r["width"] == width)
+            pts = [p for p in pts if math.isfinite(p[1])]
+            if not pts:
+                continue
+            any_point = True
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                    label=f"{fam}, width {width}", alpha=0.5 + 0.5 * int(width) / 192)
+    if not any_point:
+        warn("no sparse-router runs in the results; dropping.png not written")
+        plt.close(fig)
+        return
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("experts")
+    ax.set_ylabel("fraction of tokens (last logged training step)")
+    ax.set_title("Tokens dropped (Tokens Choice) / unprocessed (Experts Choice)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    save(fig, os.path.join(outdir, "dropping.png"))
+
+
+def read_bench_experts(path):
+    """scripts/bench_experts.sh output: router, experts, ..., img_per_s columns."""
+    rows = []
+    with open(path) as f:
+        lines = [l.split() for l in f if l.strip()]
+    if not lines or lines[0][0] != "router":
+        return rows
+    head = lines[0]
+    for parts in lines[1:]:
+        if len(parts) == len(head):
+            rows.append(dict(zip(head, parts)))
+    return rows
+
+
+def paper_throughput(path, outdir):
+    rows = read_bench_experts(path)
+    if not rows:
+        warn(f"{path}: no bench-experts table; throughput.png not written")
+        return
+    labels = {"soft": ("Soft MoE", "o", "C3"), "tokens_choice:1": ("Tokens Choice k=1", "^", "C2"),
+              "tokens_choice:2": ("Tokens Choice k=2", "v", "C8"),
+              "experts_choice": ("Experts Choice", "D", "C1")}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for router, (label, marker, color) in labels.items():
+        pts = sorted((num(r, "experts"), num(r, "img_per_s"), num(r, "block_ms")) for r in rows
+                     if r["router"] == router)
+        if not pts:
+            continue
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                     label=label)
+        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker=marker, color=color,
+                     label=label)
+    for ax, ylabel in zip(axes, ["training throughput (images/s)",
+                                 "MoE block forward + backward (ms)"]):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("experts (one expert row per token in total)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("Throughput against the number of experts (make bench-experts)")
+    save(fig, os.path.join(outdir, "throughput.png"))
+
+
+def cmd_paper(args):
+    rows = read_results(args.results)
+    outdir = args.outdir or os.path.dirname(os.path.abspath(args.results))
+    paper_pareto(rows, outdir)
+    paper_ablations(rows, outdir)
+    paper_dropping(rows, outdir)
+    bench = args.bench or os.path.join(os.path.dirname(os.path.abspath(args.results)),
+                                       "bench_experts.txt")
+    if os.path.exists(bench):
+        paper_throughput(bench, outdir)
+    else:
+        warn(f"{bench} not found; throughput.png not written (make bench-experts > it)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,6 +448,12 @@ def main():
     q.add_argument("--gflops-per-image", type=float, help="use this instead of running --bin")
     q.add_argument("--cores", type=int, help="cores per run for core_hours (default: this machine's)")
     q.set_defaults(func=cmd_pareto)
+    r = sub.add_parser("paper", help="the plots of the paper grid (scripts/paper.sh)")
+    r.add_argument("results", metavar="RESULTS_CSV")
+    r.add_argument("--outdir", help="where the PNGs go (default: beside results.csv)")
+    r.add_argument("--bench", help="make bench-experts output (default: bench_experts.txt "
+                   "beside results.csv)")
+    r.set_defaults(func=cmd_paper)
     args = p.parse_args()
     args.func(args)
 

@@ -95,6 +95,9 @@ handled() {  # handled LINE: prints how this test treats a README line
     "build/softmoe shards fmnist /usr/share/datasets/fashion-mnist "*) echo run-idx ;;
     "build/softmoe shards synth "*) echo run-tmp ;;
     "scripts/plot.py "*) echo plot ;;
+    "make paper") echo "paper: run below, narrowed to one small run" ;;
+    "PAPER_STEPS="*"make paper") echo run-paper ;;
+    "build/softmoe train configs/paper_fmnist.ini ...") echo "template: the grid's recipe, run by make paper" ;;
     *CONFIG.ini*|*CKPT.h5*|*WORKDIR*|*"fmnist|folder|synth ..."*) echo "template: placeholders" ;;
     *"/data/"*|*"runs/b16"*|*"/shared/"*) echo "template: names the user's own data or cluster" ;;
     *) echo none ;;
@@ -111,6 +114,9 @@ while IFS= read -r line; do
             ok || bad "make train: no data/fmnist shards or checkpoint in the clone"
         grep -q 'val/prec@1' "$C/runs/fmnist_softmoe/metrics.jsonl" 2>/dev/null && ok ||
             bad "make train: no final evaluation in metrics.jsonl" ;;
+    # the paper grid, as the README's quick subset shows, with 1 step and one run
+    run-paper) run "README" "PAPER_OUT=runs/paper PAPER_STEPS=1 PAPER_ONLY=dense-w64 make $MAKEVARS paper"
+               grep -q "dense-w64" "$C/runs/paper/results.csv" 2>/dev/null && ok || bad "make paper wrote no results.csv row" ;;
     # a whole config's run: its step counts (in the file) made small
     run-steps) run "README" "$line $FMNIST_STEPS" ;;
     run) cmd=$(tiny "$line"); cmd=$(printf '%s' "$cmd" | sed "s|^make |make $MAKEVARS |")
@@ -121,7 +127,7 @@ while IFS= read -r line; do
     run-idx) run "README" "$(printf '%s' "$line" | sed -e "s|/usr/share/datasets/fashion-mnist|$IDX|" -e 's/ 10000$/ 100/')" ;;
     # (and 200 of its 2000 images)
     run-tmp) run "README" "$(printf '%s' "$line" | sed -e "s| /tmp/| $T/|" -e 's/ 2000 500$/ 200 100/')" ;;
-    bench|bench-mpi|plot|self*|template*) ;;  # below, or not runnable from a clone
+    bench|bench-mpi|plot|self*|template*|paper*) ;;  # below, or not runnable from a clone
     esac
 done <"$T/readme_cmds"
 
@@ -143,8 +149,8 @@ for target in bench bench-mpi; do
 done
 # make bench-experts: synthetic data, narrowed to one point of the sweep (beside the rest)
 (O=$T/g2
- run "make bench-experts" "EXPERTS=8 STEPS=1 make $MAKEVARS bench-experts"
- grep -qE '^ +8 +16 +128 ' "$O.out" && ok || { bad "bench-experts printed no row for 8 experts:"; cat "$O.out"; }) &
+ run "make bench-experts" "EXPERTS=8 ROUTERS=soft STEPS=1 BATCH=4 make $MAKEVARS bench-experts"
+ grep -qE '^soft +8 ' "$O.out" && ok || { bad "bench-experts printed no row for 8 experts:"; cat "$O.out"; }) &
 run "make deps" "make $MAKEVARS deps"
 
 # scripts/plot.py needs python3-matplotlib (WITH_PYTHON=1 make deps)
@@ -183,7 +189,7 @@ for f in maths.md formats.md contributing.md; do [ -s "docs/$f" ] && ok || bad "
 # Every phony target is run above or named here with the reason it is not.
 for t in $(sed -n 's/^\.PHONY://p' Makefile); do
     case "$t" in
-    all|found|deps|train|bench|bench-experts|bench-mpi) ;;   # run or resolved above
+    all|found|deps|train|bench|bench-experts|bench-mpi|paper) ;;   # run or resolved above
     test) ;;      # this suite
     clean) ;;     # removes the shared build: checked with -n only
     *) bad "Makefile target '$t' not covered by tests/test_docs.sh" ;;

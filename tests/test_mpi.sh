@@ -13,7 +13,9 @@
 #   - bad dist settings stop before any work, naming the key;
 #   - with shards, a checkpoint from 2 ranks resumes on 1 at the next epoch;
 #   - evaluation split over 2 ranks equals evaluation on 1;
-#   - other commands under mpirun run once, on rank 0.
+#   - other commands under mpirun run once, on rank 0;
+#   - Tokens Choice and Experts Choice: 1, 2 and 4 ranks alike, and a
+#     stopped-and-resumed run bit-identical to an uninterrupted one.
 #
 # Tolerances. The ranks compute the same sums in another order (per-rank
 # batch means averaged by an allreduce, expert GEMMs over all ranks' rows),
@@ -197,6 +199,46 @@ echo "$v1 | $v2" | awk '{ split($0, h, "|"); split(h[1], a, " "); split(h[2], b,
     exit !(a[6] == b[6] && d < 1e-4 && a[10] == "(160" && b[10] == "(160") }' \
     && ok || bad "split evaluation: '$v1' against '$v2'"
 grep -q "\"fewshot/syn/1shot\": " "$T/e2/metrics.jsonl" && ok || { bad "few-shot on 2 ranks"; cat "$T/e2/metrics.jsonl"; }
+
+# The sparse routers use the same exchange: Tokens Choice (k=2, groups of 2
+# images, noisy gates, importance + load losses) and Experts Choice on 1, 2
+# and 4 ranks end alike (same tolerances as above); the loss and aux_loss of
+# step 20 agree. A run stopped at step 7 and resumed is bit-identical to the
+# uninterrupted one, noise included (h5diff without tolerance).
+same_as() {  # ref dir name
+    # shellcheck disable=SC2086
+    # (the per-tensor crc32 attributes differ with the data: compare values only)
+    h5diff -d 1e-5 $KB --exclude-attribute /params "$1/$CK" "$2/$CK" /params /params >"$T/diff" 2>&1 \
+        && h5diff -d 1e-5 $KB --exclude-attribute /opt/m "$1/$CK" "$2/$CK" /opt/m /opt/m >>"$T/diff" 2>&1 \
+        && ok || { bad "$3: parameters differ from the 1-rank run"; head -20 "$T/diff"; }
+    a=$(grep '"step": 20, "loss"' "$1/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*"aux_loss": ([^,]*),.*/\1 \2/;t;s/.*"loss": ([^,]*),.*/\1 0/')
+    b=$(grep '"step": 20, "loss"' "$2/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*"aux_loss": ([^,]*),.*/\1 \2/;t;s/.*"loss": ([^,]*),.*/\1 0/')
+    echo "$a $b" | awk '{ d = $1 - $3; e = $2 - $4; exit !(NF == 4 && d < 1e-5 && d > -1e-5 && e < 1e-6 && e > -1e-6) }' \
+        && ok || bad "$3: step-20 loss/aux '$b', 1 rank '$a'"
+}
+for R in "tokens_choice moe.k=2 moe.group_size=2" "experts_choice moe.capacity_factor=1.5"; do
+    set -- $R
+    name=$1; shift
+    # shellcheck disable=SC2086
+    "$BIN" train "$T/c.ini" train.workdir="$T/$name-1" moe.router=$name "$@" 2>"$T/err" \
+        || { bad "$name: 1-rank run"; cat "$T/err"; continue; }
+    for W in 2 4; do
+        # shellcheck disable=SC2086
+        $MPI -np "$W" "$BIN" train "$T/c.ini" train.workdir="$T/$name-$W" moe.router=$name "$@" \
+            >"$T/out" 2>"$T/err" || { bad "$name: $W ranks"; cat "$T/err"; continue; }
+        same_as "$T/$name-1" "$T/$name-$W" "$name on $W ranks"
+    done
+    # shellcheck disable=SC2086
+    SOFTMOE_STOP_AT_STEP=7 "$BIN" train "$T/c.ini" train.workdir="$T/$name-s" moe.router=$name "$@" \
+        >"$T/out" 2>"$T/err" && "$BIN" train "$T/c.ini" train.workdir="$T/$name-s" \
+        moe.router=$name "$@" >"$T/out" 2>>"$T/err" \
+        && h5diff "$T/$name-1/$CK" "$T/$name-s/$CK" /params /params >"$T/diff" 2>&1 \
+        && h5diff "$T/$name-1/$CK" "$T/$name-s/$CK" /opt /opt >>"$T/diff" 2>&1 \
+        && ok || { bad "$name: stopped at step 7 and resumed differs"; cat "$T/err" "$T/diff" | head -20; }
+done
+grep -q '"aux_loss": ' "$T/tokens_choice-4/metrics.jsonl" && grep -q '"moe/1/dropped": ' "$T/tokens_choice-4/metrics.jsonl" \
+    && grep -q '"moe/1/unprocessed": ' "$T/experts_choice-2/metrics.jsonl" \
+    && ok || bad "router metrics in metrics.jsonl"
 
 # commands other than train run once, on rank 0, as a world of one
 $MPI -np 2 "$BIN" params "$T/c.ini" >"$T/out" 2>"$T/err" \

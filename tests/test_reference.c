@@ -1,6 +1,11 @@
 // The C ViT against the independent PyTorch float64 reference
 // (scripts/make_reference.py -> tests/data/ref_*.bin): same parameters and
 // inputs, compare pre-logits, logits, loss and every parameter gradient.
+// The sparse-router cases run in training mode with the reference's noise
+// draws and also compare the auxiliary loss (included in the gradients) and
+// the first MoE block's router logits and gates; their inputs were checked
+// by the script to have no top-k / top-C / BPR near-ties (margin 1e-5), so
+// float32 selects exactly what float64 does.
 //
 // Tolerances: we run in float32, the reference in float64 from the same
 // float32 values. Forward outputs pass through ~10 float32 reductions of
@@ -14,6 +19,7 @@
 
 #include "core/config.h"
 #include "fixture.h"
+#include "model/router_gates.h"
 #include "model/vit.h"
 #include "testutil.h"
 
@@ -60,6 +66,13 @@ static void check_case(const char *name) {
                           s->name, k, s->shape[k], (int)p->dims[k]);
         memcpy(m.params + s->offset, p->data, s->numel * sizeof(float));
     }
+    // sparse routers: training mode, with the reference's noise draws
+    const FixTensor *noise = fixture_get(f, "input/noise");
+    if (noise) {
+        ck_assert_uint_eq(noise->numel, (size_t)B * m.d.N * m.d.E);
+        m.ctx.train = 1;
+        m.test_noise = noise->data;
+    }
     vit_zero_grad(&m);
     double loss = vit_forward(&m, img->data, tgt->data, B);
     vit_backward(&m, img->data, tgt->data, B);
@@ -72,6 +85,12 @@ static void check_case(const char *name) {
     double ep = sm_rel_err(m.a.pooled, rp->data, rp->numel, 0);
     printf("%-14s loss %.2e  logits %.2e  prelogits %.2e\n", name, el, ez, ep);
     ck_assert_msg(el < 1e-4 && ez < 1e-4 && ep < 1e-4, "%s: forward mismatch", name);
+    if (m.d.n_moe && m.d.router->has_aux) {
+        const FixTensor *ra = fixture_need(f, "output/aux_loss", FIX_F32);
+        double ea = fabs(m.aux_loss - ra->data[0]) / fabs(ra->data[0]);
+        printf("%-14s aux_loss %.6f (reference %.6f) rel %.2e\n", name, m.aux_loss, ra->data[0], ea);
+        ck_assert_msg(ea < 1e-4, "%s: auxiliary loss mismatch", name);
+    }
     double worst = 0;
     const char *worst_name = "";
     for (int i = 0; i < m.pt.n; i++) {
@@ -87,14 +106,26 @@ static void check_case(const char *name) {
     // Soft MoE intermediates of the first MoE block: routing weights and slots
     int l = 0;
     while (l < m.d.L && !m.d.is_moe[l]) l++;
-    if (l < m.d.L) {
+    if (l < m.d.L && noise) {
+        // the sparse routers' logits and (noisy) gates of the first MoE block
+        GateActs ga = gate_acts(m.a.blk[l].moe.r, vit_moe_dims(&m.d, B));
+        const FixTensor *rl2 = fixture_need(f, "debug/router_logits", FIX_F32);
+        const FixTensor *rg = fixture_need(f, "debug/router_gates", FIX_F32);
+        ck_assert_uint_eq(rl2->numel, (size_t)B * m.d.N * m.d.E);
+        double e1 = sm_rel_err(ga.logits, rl2->data, rl2->numel, 0);
+        double e2 = sm_rel_err(ga.gates, rg->data, rg->numel, 0);
+        printf("%-14s block %d router logits %.2e gates %.2e\n", name, l, e1, e2);
+        ck_assert_msg(e1 < 1e-4 && e2 < 1e-4, "%s: router logits/gates mismatch", name);
+    } else if (l < m.d.L) {
         const MoeActs *ma = &m.a.blk[l].moe;
         const FixTensor *dw = fixture_need(f, "debug/moe_dispatch", FIX_F32);
         const FixTensor *cw = fixture_need(f, "debug/moe_combine", FIX_F32);
         const FixTensor *xs = fixture_need(f, "debug/moe_slots_in", FIX_F32);
         ck_assert_uint_eq(dw->numel, (size_t)B * m.d.N * m.d.ES);
-        double e1 = sm_rel_err(ma->dw, dw->data, dw->numel, 0);
-        double e2 = sm_rel_err(ma->cw, cw->data, cw->numel, 0);
+        const float *our_dw, *our_cw;
+        moe_soft_weights(ma, vit_moe_dims(&m.d, B), &our_dw, &our_cw);
+        double e1 = sm_rel_err(our_dw, dw->data, dw->numel, 0);
+        double e2 = sm_rel_err(our_cw, cw->data, cw->numel, 0);
         // our slots are expert-major (E,B*P,D); the reference's are (B,S,D)
         double e3 = 0, mx = 0;
         const int P = m.d.EP, D = m.d.D;
@@ -124,6 +155,12 @@ START_TEST(test_softmoe_gap) { check_case("softmoe_gap"); }
 END_TEST
 START_TEST(test_softmoe_every) { check_case("softmoe_every"); }
 END_TEST
+START_TEST(test_tokens_choice_k2) { check_case("tokens_choice_k2"); }
+END_TEST
+START_TEST(test_tokens_choice_k1) { check_case("tokens_choice_k1"); }
+END_TEST
+START_TEST(test_experts_choice) { check_case("experts_choice"); }
+END_TEST
 
 static Suite *reference_suite(void) {
     Suite *s = suite_create("reference");
@@ -133,6 +170,9 @@ static Suite *reference_suite(void) {
     tcase_add_test(t, test_map_learn_qk);
     tcase_add_test(t, test_softmoe_gap);
     tcase_add_test(t, test_softmoe_every);
+    tcase_add_test(t, test_tokens_choice_k2);
+    tcase_add_test(t, test_tokens_choice_k1);
+    tcase_add_test(t, test_experts_choice);
     suite_add_tcase(s, t);
     return s;
 }

@@ -9,7 +9,7 @@
 
 #include "core/config.h"
 #include "gradcheck.h"
-#include "model/softmoe.h"
+#include "model/moe.h"
 #include "model/vit.h"
 #include "testutil.h"
 
@@ -42,10 +42,10 @@ static void point(MoeW *w, float *p, MoeDims d) {
 static void layer_init(Layer *L, MoeDims d, unsigned seed) {
     memset(L, 0, sizeof *L);
     L->d = d;
-    L->abuf = calloc(softmoe_acts_floats(d), sizeof(float));
-    L->sbuf = calloc(softmoe_scratch_floats(d), sizeof(float));
-    softmoe_acts_carve(&L->a, L->abuf, d);
-    softmoe_scratch_carve(&L->s, L->sbuf, d);
+    L->abuf = calloc(moe_acts_floats(d), sizeof(float));
+    L->sbuf = calloc(moe_scratch_floats(d), sizeof(float));
+    moe_acts_carve(&L->a, L->abuf, d);
+    moe_scratch_carve(&L->s, L->sbuf, d);
     L->wbuf = calloc(wsize(d), sizeof(float));
     L->gbuf = calloc(wsize(d), sizeof(float));
     point(&L->w, L->wbuf, d);
@@ -67,7 +67,7 @@ static void layer_free(Layer *L) {
 
 static double layer_loss(void *p) {
     Layer *L = p;
-    softmoe_forward(L->out, &L->a, &L->s, L->y, &L->w, L->d, 0);
+    moe_forward(L->out, &L->a, &L->s, L->y, &L->w, L->d, NULL, 0);
     return gc_dot(L->out, L->R, (size_t)L->d.B * L->d.N * L->d.D);
 }
 
@@ -78,7 +78,7 @@ START_TEST(test_fd_layer) {
     size_t n = (size_t)d.B * d.N * d.D;
     float *dy = calloc(n, sizeof(float));
     layer_loss(&L);
-    softmoe_backward(dy, &L.g, &L.s, L.R, &L.a, L.y, &L.w, d);
+    moe_backward(dy, &L.g, &L.s, L.R, &L.a, L.y, &L.w, d);
     size_t S = (size_t)d.E * d.P;
     struct { const char *name; float *x, *g; size_t n; } t[] = {
         {"input", L.y, dy, n},
@@ -105,7 +105,9 @@ START_TEST(test_routing_weights) {
     layer_loss(&L);
     const int S = d.E * d.P;
     for (int b = 0; b < d.B; b++) {
-        const float *dw = L.a.dw + (size_t)b * d.N * S, *cw = L.a.cw + (size_t)b * d.N * S;
+        const float *dw0, *cw0;
+        moe_soft_weights(&L.a, d, &dw0, &cw0);
+        const float *dw = dw0 + (size_t)b * d.N * S, *cw = cw0 + (size_t)b * d.N * S;
         for (int s = 0; s < S; s++) {
             double sum = 0;
             for (int n = 0; n < d.N; n++) {

@@ -18,7 +18,7 @@
 #include "testutil.h"
 
 static void tiny_config(Config *c, const char *pool, const char *posemb, int qk, const char *loss) {
-    memset(c, 0, sizeof *c);
+    config_defaults(c);  // every key has a value, the test sets what it checks
     c->width = 16, c->depth = 2, c->heads = 2, c->mlp_dim = 24;
     c->image_size = 8, c->patch = 4, c->channels = 2, c->classes = 5;
     snprintf(c->pool, sizeof c->pool, "%s", pool);

@@ -32,7 +32,16 @@ typedef struct {
     double capacity_factor;   // used when slots = auto
     char layers[CFG_STR];     // last_half | last:K | every:K | list "6,7,8"
     int shared_init;          // bool
-    char router[CFG_STR];     // soft | tokens_choice | experts_choice
+    char router[CFG_STR];     // soft | tokens_choice | experts_choice | identity
+    int k;                    // tokens_choice: experts per token (1|2)
+    int bpr;                  // tokens_choice: batch priority routing (bool)
+    int group_size;           // sparse routers: images per routing group
+    int capacity_multiple_of; // sparse routers: capacity rounded up to a multiple
+    double noise_std;         // sparse routers: train-time logit noise std = noise_std / E
+    double importance_weight; // tokens_choice: importance loss weight
+    double load_weight;       // tokens_choice: load loss weight
+    char dispatch[CFG_STR];   // soft | uniform (ablation)
+    char combine[CFG_STR];    // soft | uniform (ablation)
 
     // [data]
     char source[CFG_STR];        // synthetic | shards | folder

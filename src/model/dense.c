@@ -1,4 +1,4 @@
-// Dense layers as single sgemm calls, and the tanh GELU.
+// Dense layers as single sgemm calls, the tanh GELU, and the MLP block built from them.
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
@@ -72,5 +72,52 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
         float s = 1.0f / (1.0f + fast_expf(-2.0f * u));
         float du = GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] += (s + 2.0f * x * s * (1.0f - s) * du) * dout[i];
+    }
+}
+
+// Both threads zero: one thread's stores reach about half the write bandwidth.
+static void zero_par(float *p, size_t n) {
+    const size_t chunk = (size_t)1 << 18;
+    const long nc = (long)((n + chunk - 1) / chunk);
+    #pragma omp parallel for schedule(static) if (nc > 1)
+    for (long c = 0; c < nc; c++) {
+        size_t lo = (size_t)c * chunk, len = n - lo < chunk ? n - lo : chunk;
+        memset(p + lo, 0, len * sizeof(float));
+    }
+}
+
+void mlp_forward(float *out, float *h, float *hg, const float *x, const float *w1,
+                 const float *b1, const float *w2, const float *b2, int R, int D, int M,
+                 int accumulate, int fewrow) {
+    // x (R,D), w1 (D,M), w2 (M,D)
+    if (fewrow) fewrow_nn(h, x, w1, b1, R, D, M, 0);
+    else dense_forward(h, x, w1, b1, R, D, M, 0);
+    gelu_forward(hg, h, (size_t)R * M);
+    if (fewrow) fewrow_nn(out, hg, w2, b2, R, M, D, accumulate);
+    else dense_forward(out, hg, w2, b2, R, M, D, accumulate);
+}
+
+void mlp_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh,
+                  float *dhg, const float *dout, const float *x, const float *h,
+                  const float *hg, const float *w1, const float *w2, int R, int D, int M,
+                  int fewrow) {
+    // dout (R,D). Few rows: weight and bias gradients by sgemm, input
+    // gradients by fewrow_nt, which writes dhg (no zeroing pass).
+    const size_t RM = (size_t)R * M;
+    if (fewrow) {
+        dense_backward(NULL, dw2, db2, dout, hg, w2, R, M, D);
+        fewrow_nt(dhg, dout, w2, R, M, D, 0);
+        memset(dh, 0, RM * sizeof(float));  // one expert's rows: in cache, on this thread
+    } else {
+        zero_par(dhg, RM);
+        dense_backward(dhg, dw2, db2, dout, hg, w2, R, M, D);
+        zero_par(dh, RM);
+    }
+    gelu_backward(dh, dhg, h, RM);
+    if (fewrow) {
+        dense_backward(NULL, dw1, db1, dh, x, w1, R, D, M);
+        if (dx) fewrow_nt(dx, dh, w1, R, D, M, 1);
+    } else {
+        dense_backward(dx, dw1, db1, dh, x, w1, R, D, M);
     }
 }

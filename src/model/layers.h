@@ -36,6 +36,21 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
 void gelu_forward(float *out, const float *inp, size_t n);
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
+// The MLP block Dense(D,M) . gelu . Dense(M,D), used by the dense blocks, the
+// MAP head and every MoE expert. x (R,D); h, hg (R,M) saved (before / after
+// gelu); out (R,D) = mlp(x), or out += with accumulate. fewrow selects the
+// few-row kernels above for the product inputs (the experts; the same sgemm
+// above 128 rows), else dense_forward/dense_backward.
+void mlp_forward(float *out, float *h, float *hg, const float *x, const float *w1,
+                 const float *b1, const float *w2, const float *b2, int R, int D, int M,
+                 int accumulate, int fewrow);
+// dx (R,D) += d/dx, parameter gradients += ; dh, dhg (R,M) are scratch,
+// overwritten. dx may be NULL.
+void mlp_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh,
+                  float *dhg, const float *dout, const float *x, const float *h,
+                  const float *hg, const float *w1, const float *w2, int R, int D, int M,
+                  int fewrow);
+
 // Multi-head scaled dot-product attention. q (B,Nq,H*Dh), k and v (B,Nk,H*Dh),
 // att (B,H,Nq,Nk) saved probabilities, out (B,Nq,H*Dh).
 void attention_forward(float *out, float *att, const float *q, const float *k,

@@ -98,17 +98,61 @@ int vit_check_config(const Config *c, char *err, size_t n) {
         return -1;
     }
     if (c->experts == 0) return 0;
-    if (strcmp(c->router, "soft")) {
-        snprintf(err, n, "moe.router = %s: only the soft router is implemented; the sparse "
-                 "baselines (tokens_choice, experts_choice) are not yet", c->router);
+    const MoeRouter *r = moe_router_find(c->router);
+    if (!r) {
+        snprintf(err, n, "moe.router = %s: unknown router", c->router);
         return -1;
+    }
+    const int soft = r == moe_router_find("soft"), sparse = !soft && strcmp(c->router, "identity");
+    if (!soft && (strcmp(c->dispatch, "soft") || strcmp(c->combine, "soft"))) {
+        snprintf(err, n, "moe.dispatch / moe.combine = uniform are ablations of the soft router, "
+                 "not of moe.router = %s", c->router);
+        return -1;
+    }
+    if (!sparse && c->group_size != 1) {
+        snprintf(err, n, "moe.group_size = %d: moe.router = %s routes each image alone (group "
+                 "size 1); groups are for tokens_choice and experts_choice", c->group_size,
+                 c->router);
+        return -1;
+    }
+    if (!strcmp(c->router, "tokens_choice") && (c->k < 1 || c->k > 2 || c->k > c->experts)) {
+        snprintf(err, n, "moe.k = %d: tokens_choice takes 1 or 2 experts per token (at most "
+                 "moe.experts = %d)", c->k, c->experts);
+        return -1;
+    }
+    if (!strcmp(c->router, "identity")) {
+        int N = (c->image_size / c->patch) * (c->image_size / c->patch) + !strcmp(c->pool, "tok");
+        if (c->slots <= 0 || c->experts * c->slots != N) {
+            snprintf(err, n, "moe.router = identity sends token i to slot i, so it needs "
+                     "moe.experts x moe.slots = %d tokens; got %d x %s", N, c->experts,
+                     c->slots > 0 ? "P" : "auto");
+            return -1;
+        }
     }
     unsigned char mask[VIT_MAX_DEPTH];
     return parse_layers(c->layers, c->depth, mask, err, n);
 }
 
+// Buffer rows per expert and group of the sparse routers (vmoe's
+// compute_capacity): Tokens Choice ceil(G*N*k*cf/E), Experts Choice
+// round(G*N*cf/E), then up to a multiple of moe.capacity_multiple_of, at least 1.
+static int capacity(const Config *c, int N) {
+    const double t = (double)c->group_size * N;
+    const int tc = !strcmp(c->router, "tokens_choice");
+    double x = tc ? t * c->k * c->capacity_factor / c->experts : t * c->capacity_factor / c->experts;
+    long C = tc ? (long)ceil(x - 1e-9) : (long)rint(x);  // rint: half to even, as Python round
+    if (C < 1) C = 1;
+    C += (c->capacity_multiple_of - C % c->capacity_multiple_of) % c->capacity_multiple_of;
+    if (!tc && C > (long)t) C = (long)t;  // an expert cannot take more tokens than the group has
+    return (int)C;
+}
+
 MoeDims vit_moe_dims(const VitDims *d, int B) {
-    return (MoeDims){B, d->N, d->D, d->M, d->E, d->EP, d->El, d->ep};
+    return (MoeDims){.B = B, .N = d->N, .D = d->D, .M = d->M, .E = d->E, .P = d->EP,
+                     .El = d->El, .W = d->ep, .G = d->group, .router = d->router, .k = d->k,
+                     .bpr = d->bpr, .noise_std = d->noise_std, .imp_w = d->imp_w,
+                     .load_w = d->load_w, .uniform_dispatch = d->uni_dispatch,
+                     .uniform_combine = d->uni_combine};
 }
 
 // Marks a stacked expert tensor: this rank holds El of the E experts.
@@ -118,16 +162,23 @@ static void stacked(ParamTable *pt, int k, const VitDims *d) {
     pt->t[k].stack_first = d->ep_rank * d->El;
 }
 
-// Soft MoE parameters of block l (vmoe names; experts stacked on a leading E
-// axis, of which this rank holds El).
+// MoE parameters of block l (vmoe names; experts stacked on a leading E
+// axis, of which this rank holds El). The soft router has mu and scale, the
+// sparse routers vmoe's bias-free Router/dense, identity nothing.
 static void add_moe(ParamTable *pt, int l, const VitDims *d) {
     char n[PARAM_NAME];
     const int E = d->E, El = d->El, D = d->D, M = d->M;
-    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/mu", l);
-    // flax lecun_normal on (D,E,P): fan_in = D*E
-    add(pt, n, INIT_LECUN_NORMAL, 0, D * E, 0, 3, D, E, d->EP, 0);
-    snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/scale", l);
-    add(pt, n, INIT_ONES, 0, 0, 0, 0, 0, 0, 0, 0);
+    if (d->router == moe_router_find("soft")) {
+        snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/mu", l);
+        // flax lecun_normal on (D,E,P): fan_in = D*E
+        add(pt, n, INIT_LECUN_NORMAL, 0, D * E, 0, 3, D, E, d->EP, 0);
+        snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/scale", l);
+        add(pt, n, INIT_ONES, 0, 0, 0, 0, 0, 0, 0, 0);
+    } else if (d->router != moe_router_find("identity")) {
+        // flax nn.Dense's default kernel init, lecun_normal, fan_in = D
+        snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/dense/kernel", l);
+        add(pt, n, INIT_LECUN_NORMAL, 0, D, E, 2, D, E, 0, 0);
+    }
     int k;
     snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Mlp/Dense_0/kernel", l);
     k = add(pt, n, INIT_XAVIER_UNIFORM, 0, D, M, 3, El, D, M, 0);
@@ -160,9 +211,19 @@ void vit_build(Vit *m, const Config *c) {
     d->loss = !strcmp(c->loss, "sigmoid_xent") ? LOSS_SIGMOID_XENT : LOSS_SOFTMAX_XENT;
     if (c->experts > 0) {
         d->E = c->experts;
-        // slots = auto: P = round(N * capacity_factor / E), at least 1
-        d->EP = c->slots > 0 ? c->slots : (int)lround(d->N * c->capacity_factor / d->E);
-        d->EP = d->EP < 1 ? 1 : d->EP;
+        d->router = moe_router_find(c->router);
+        d->group = c->group_size, d->k = c->k, d->bpr = c->bpr;
+        d->noise_std = (float)c->noise_std;
+        d->imp_w = (float)c->importance_weight, d->load_w = (float)c->load_weight;
+        d->uni_dispatch = !strcmp(c->dispatch, "uniform");
+        d->uni_combine = !strcmp(c->combine, "uniform");
+        if (!strcmp(c->router, "tokens_choice") || !strcmp(c->router, "experts_choice")) {
+            d->EP = capacity(c, d->N);
+        } else {
+            // slots = auto: P = round(N * capacity_factor / E), at least 1
+            d->EP = c->slots > 0 ? c->slots : (int)lround(d->N * c->capacity_factor / d->E);
+            d->EP = d->EP < 1 ? 1 : d->EP;
+        }
         d->ES = d->E * d->EP;
         d->shared_init = c->shared_init;
         d->ep = dist_ep(), d->ep_rank = dist_ep_rank();
@@ -243,6 +304,7 @@ static void bind(Vit *m, float *base, VitW *w) {
         P_(w1, "Mlp/Dense_0/kernel"); P_(b1, "Mlp/Dense_0/bias");
         P_(w2, "Mlp/Dense_1/kernel"); P_(b2, "Mlp/Dense_1/bias");
         P_(moe.mu, "Moe/Router/mu"); P_(moe.scale, "Moe/Router/scale");
+        P_(moe.wr, "Moe/Router/dense/kernel");
         P_(moe.w1, "Moe/Mlp/Dense_0/kernel"); P_(moe.b1, "Moe/Mlp/Dense_0/bias");
         P_(moe.w2, "Moe/Mlp/Dense_1/kernel"); P_(moe.b2, "Moe/Mlp/Dense_1/bias");
 #undef P_
@@ -289,8 +351,8 @@ static size_t carve(Vit *m, float *base, int B) {
         TAKE(k->ao, BND); TAKE(k->xm, BND);
         TAKE(k->ln1, BND); TAKE(k->ln1_mean, BN); TAKE(k->ln1_rstd, BN);
         if (d->is_moe[l]) {
-            size_t nf = softmoe_acts_floats(md);
-            if (base) softmoe_acts_carve(&k->moe, base + off, md);
+            size_t nf = moe_acts_floats(md);
+            if (base) moe_acts_carve(&k->moe, base + off, md);
             off += nf;
         } else {
             TAKE(k->h, BNM); TAKE(k->hg, BNM);
@@ -318,8 +380,8 @@ static size_t carve(Vit *m, float *base, int B) {
     TAKE(a->dpooled, (size_t)B * d->D);
     TAKE(a->dlogits, (size_t)B * d->K);
     if (d->n_moe) {
-        size_t nf = softmoe_scratch_floats(md);
-        if (base) softmoe_scratch_carve(&a->moe, base + off, md);
+        size_t nf = moe_scratch_floats(md);
+        if (base) moe_scratch_carve(&a->moe, base + off, md);
         off += nf;
     }
 #undef TAKE
@@ -418,8 +480,13 @@ double vit_flops_per_image(const VitDims *d) {
     double attn = 2.0 * N * D * D * 4                                   // q k v out
                   + 2.0 * N * N * D * 2;                                // q k^T, att v
     double mlp = 2.0 * N * D * M * 2;
-    // Soft MoE: logits, dispatch and combine (N x S x D each), experts on S slots
-    double moe = 2.0 * N * D * d->ES * 3 + 2.0 * d->ES * D * M * 2;
+    // MoE: the experts on their E*P buffer rows per group of G images; Soft
+    // MoE logits, dispatch and combine (N x S x D each); the sparse routers'
+    // logits (N x E x D) and combine (one multiply-add per row and feature).
+    double rows = (double)d->ES / (d->group > 0 ? d->group : 1);
+    double moe = 2.0 * rows * D * M * 2;
+    if (d->router == moe_router_find("soft")) moe += 2.0 * N * D * d->ES * 3;
+    else if (d->router != moe_router_find("identity")) moe += 2.0 * N * D * d->E + 2.0 * rows * D;
     f += d->L * attn + (d->L - d->n_moe) * mlp + d->n_moe * moe;
     if (d->pool == POOL_MAP)
         f += 2.0 * D * D * 2 + 2.0 * N * D * D * 2 + 2.0 * N * D * 2 + 2.0 * D * M * 2;

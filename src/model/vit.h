@@ -1,12 +1,13 @@
 // The Vision Transformer: its parameter table, weights, saved activations,
-// forward and backward. A Soft MoE block will slot in beside the dense MLP.
+// forward and backward. An MoE block (moe.h: any router, shared experts)
+// replaces the dense MLP in the blocks moe.layers selects.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
 
 #include "../core/config.h"
 #include "params.h"
-#include "softmoe.h"
+#include "moe.h"
 
 enum { POOL_GAP = 0, POOL_TOK = 1, POOL_MAP = 2 };
 #define VIT_MAX_DEPTH 256
@@ -16,10 +17,15 @@ typedef struct {
     int Np, N;        // patches, tokens (Np + 1 with a cls token)
     int D, H, Dh, M, L, K;
     int pool, learn_pos, qk_norm, loss;
-    int E, EP, ES;                   // experts E, slots per expert P, all slots S = E*P (E = 0: dense)
+    int E, EP, ES;                   // experts E, buffer rows per expert and group P (Soft MoE:
+                                     // slots; sparse routers: capacity C), ES = E*P (E = 0: dense)
+    const MoeRouter *router;         // moe.router
+    int group;                       // images per routing group (moe.group_size; Soft MoE 1)
+    int k, bpr, uni_dispatch, uni_combine;
+    float noise_std, imp_w, load_w;
     int shared_init;                 // all experts start equal
     int El, ep, ep_rank;             // experts held here, expert-group size and rank (dist)
-    int n_moe;                       // number of Soft MoE blocks
+    int n_moe;                       // number of MoE blocks
     unsigned char is_moe[VIT_MAX_DEPTH];
 } VitDims;
 
@@ -31,7 +37,7 @@ typedef struct {
     float *wo, *bo;                  // (H,Dh,D), (D)
     float *ln1_s, *ln1_b;            // (D)
     float *w1, *b1, *w2, *b2;        // (D,M) (M) (M,D) (D), dense blocks
-    MoeW moe;                        // Soft MoE blocks instead of w1..b2
+    MoeW moe;                        // MoE blocks instead of w1..b2
 } BlockW;
 
 typedef struct {
@@ -63,7 +69,7 @@ typedef struct {
     float *xm;                       // x + attention branch
     float *ln1, *ln1_mean, *ln1_rstd;
     float *h, *hg;                   // (B,N,M) before / after gelu, dense blocks
-    MoeActs moe;                     // Soft MoE blocks
+    MoeActs moe;                     // MoE blocks
 } BlockActs;
 
 typedef struct {
@@ -84,7 +90,7 @@ typedef struct {
     float *dx, *dln, *dq, *dk, *dv, *dqr, *dkr, *dao, *datt, *dh, *dhg;
     float *dmap_small;               // (B,M + 6D) for the MAP head
     float *dpooled, *dlogits;
-    MoeScratch moe;                  // shared by the Soft MoE blocks
+    MoeScratch moe;                  // shared by the MoE blocks
 } VitActs;
 
 typedef struct {
@@ -97,9 +103,14 @@ typedef struct {
     float *act_block;                // the single activation allocation
     size_t act_floats;
     float *posemb_fixed;             // (Np,D) for sincos2d
+    // Routing context of the next forward (training sets train, step, img0;
+    // evaluation leaves train 0: no noise) and what it produced.
+    MoeCtx ctx;
+    double aux_loss;                 // sum over MoE blocks of their auxiliary losses
+    const float *test_noise;         // tests only: (B*N,E) logit noise for every block
 } Vit;
 
-// The Soft MoE layer's dimensions for a batch of B images on this rank.
+// The MoE layer's dimensions for a batch of B images on this rank.
 MoeDims vit_moe_dims(const VitDims *d, int B);
 // Checks the model keys the config loader cannot judge alone (moe.layers,
 // moe.router, slots); returns 0, or -1 with a message naming the key.
@@ -119,9 +130,10 @@ void vit_free(Vit *m);
 // Draws the initial parameters (docs/maths.md init rules) from the seed.
 void vit_init(Vit *m, uint64_t seed);
 // images (B,S,S,C); targets (B,K) or NULL. Fills logits and pre-logits;
-// returns the mean loss (0 without targets).
+// returns the mean loss (0 without targets), without the auxiliary loss,
+// which goes to m->aux_loss (the training objective is their sum).
 double vit_forward(Vit *m, const float *images, const float *targets, int B);
-// Accumulates d(mean loss)/d(params) into m->grads; call after vit_forward.
+// Accumulates d(mean loss + aux loss)/d(params) into m->grads; call after vit_forward.
 void vit_backward(Vit *m, const float *images, const float *targets, int B);
 void vit_zero_grad(Vit *m);
 // Forward FLOPs per image (a multiply-add is 2 FLOPs).

@@ -56,12 +56,14 @@ static void block_forward(Vit *m, int l, int B, float *out) {
     memcpy(out, k->xm, (size_t)BN * D * sizeof(float));
     if (d->is_moe[l]) {
         MoeDims md = vit_moe_dims(d, B);
-        softmoe_forward(out, &k->moe, &m->a.moe, k->ln1, &w->moe, md, 1);
+        MoeCtx c = m->ctx;
+        c.layer = l;
+        c.noise = m->test_noise;
+        moe_forward(out, &k->moe, &m->a.moe, k->ln1, &w->moe, md, &c, 1);
+        m->aux_loss += k->moe.aux;
         return;
     }
-    dense_forward(k->h, k->ln1, w->w1, w->b1, BN, D, d->M, 0);
-    gelu_forward(k->hg, k->h, (size_t)BN * d->M);
-    dense_forward(out, k->hg, w->w2, w->b2, BN, d->M, D, 1);
+    mlp_forward(out, k->h, k->hg, k->ln1, w->w1, w->b1, w->w2, w->b2, BN, D, d->M, 1, 0);
 }
 
 static void map_forward(Vit *m, int B) {
@@ -76,10 +78,8 @@ static void map_forward(Vit *m, int B) {
     attention_forward(p->ao, p->att, p->q, p->k, p->v, B, 1, d->N, d->H, d->Dh);
     dense_forward(p->a, p->ao, w->wo, w->bo, B, D, D, 0);
     layernorm_forward(p->ln, p->ln_mean, p->ln_rstd, p->a, w->ln_s, w->ln_b, B, D);
-    dense_forward(p->h, p->ln, w->w1, w->b1, B, D, d->M, 0);
-    gelu_forward(p->hg, p->h, (size_t)B * d->M);
     memcpy(m->a.pooled, p->a, (size_t)B * D * sizeof(float));
-    dense_forward(m->a.pooled, p->hg, w->w2, w->b2, B, d->M, D, 1);
+    mlp_forward(m->a.pooled, p->h, p->hg, p->ln, w->w1, w->b1, w->w2, w->b2, B, D, d->M, 1, 0);
 }
 
 double vit_forward(Vit *m, const float *images, const float *targets, int B) {
@@ -88,6 +88,7 @@ double vit_forward(Vit *m, const float *images, const float *targets, int B) {
     const int BN = B * d->N;
     int saveB = m->B;
     m->B = B;
+    m->aux_loss = 0;
     patch_forward(a->emb, a->patches, images, m->w.emb_w, m->w.emb_b, B, d->S, d->C, d->P, d->D);
     embed_tokens(m, a->blk[0].x);
     for (int l = 0; l < d->L; l++)
@@ -113,10 +114,8 @@ static void map_backward(Vit *m, float *denc, int B) {
     float *dao = dln + (size_t)B * D, *dq = dao + (size_t)B * D, *dqin = dq + (size_t)B * D;
     zero(a->dmap_small, (size_t)B * (M + 6 * D));
     memcpy(da, a->dpooled, (size_t)B * D * sizeof(float));
-    dense_backward(dhg, g->w2, g->b2, a->dpooled, p->hg, w->w2, B, M, D);
-    zero(a->dh, (size_t)B * M);
-    gelu_backward(a->dh, dhg, p->h, (size_t)B * M);
-    dense_backward(dln, g->w1, g->b1, a->dh, p->ln, w->w1, B, D, M);
+    mlp_backward(dln, g->w1, g->b1, g->w2, g->b2, a->dh, dhg, a->dpooled, p->ln, p->h, p->hg,
+                 w->w1, w->w2, B, D, M, 0);
     layernorm_backward(da, g->ln_s, g->ln_b, dln, p->a, w->ln_s, p->ln_mean, p->ln_rstd, B, D);
     dense_backward(dao, g->wo, g->bo, da, p->ao, w->wo, B, D, D);
     zero(a->dk, (size_t)BN * D);
@@ -138,19 +137,16 @@ static void block_backward(Vit *m, int l, int B) {
     BlockActs *k = &m->a.blk[l];
     VitActs *a = &m->a;
     const int BN = B * d->N, D = d->D, M = d->M;
-    const size_t BND = (size_t)BN * D, BNM = (size_t)BN * M;
+    const size_t BND = (size_t)BN * D;
     zero(a->dln, BND);
     if (d->is_moe[l]) {
-        // Soft MoE branch: out = xm + SoftMoE(ln1)
+        // MoE branch: out = xm + MoE(ln1), plus its auxiliary loss
         MoeDims md = vit_moe_dims(d, B);
-        softmoe_backward(a->dln, &g->moe, &a->moe, a->dx, &k->moe, k->ln1, &w->moe, md);
+        moe_backward(a->dln, &g->moe, &a->moe, a->dx, &k->moe, k->ln1, &w->moe, md);
     } else {
         // MLP branch: out = xm + gelu(ln1 @ w1 + b1) @ w2 + b2
-        zero(a->dhg, BNM);
-        dense_backward(a->dhg, g->w2, g->b2, a->dx, k->hg, w->w2, BN, M, D);
-        zero(a->dh, BNM);
-        gelu_backward(a->dh, a->dhg, k->h, BNM);
-        dense_backward(a->dln, g->w1, g->b1, a->dh, k->ln1, w->w1, BN, D, M);
+        mlp_backward(a->dln, g->w1, g->b1, g->w2, g->b2, a->dh, a->dhg, a->dx, k->ln1, k->h,
+                     k->hg, w->w1, w->w2, BN, D, M, 0);
     }
     layernorm_backward(a->dx, g->ln1_s, g->ln1_b, a->dln, k->xm, w->ln1_s, k->ln1_mean,
                        k->ln1_rstd, BN, D);

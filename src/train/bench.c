@@ -11,7 +11,7 @@
 #include "../core/rng.h"
 #include "../data/loader.h"
 #include "../model/layers.h"
-#include "../model/softmoe.h"
+#include "../model/moe.h"
 #include "../model/vit.h"
 #include "../optim/optim.h"
 
@@ -67,14 +67,8 @@ static double time_mlp(int R, int D, int M, int reps, Rng *r) {
     double best = 1e30;
     for (int i = 0; i < reps + 1; i++) {
         double t0 = sm_now();
-        dense_forward(h, x, w1, b1, R, D, M, 0);
-        gelu_forward(hg, h, (size_t)R * M);
-        dense_forward(y, hg, w2, b2, R, M, D, 0);
-        memset(dhg, 0, (size_t)R * M * sizeof(float));
-        dense_backward(dhg, g2, gb2, y, hg, w2, R, M, D);
-        memset(dh, 0, (size_t)R * M * sizeof(float));
-        gelu_backward(dh, dhg, h, (size_t)R * M);
-        dense_backward(dx, g1, gb1, dh, x, w1, R, D, M);
+        mlp_forward(y, h, hg, x, w1, b1, w2, b2, R, D, M, 0, 0);
+        mlp_backward(dx, g1, gb1, g2, gb2, dh, dhg, y, x, h, hg, w1, w2, R, D, M, 0);
         double t = sm_now() - t0;
         if (i > 0 && t < best) best = t;
     }
@@ -83,15 +77,18 @@ static double time_mlp(int R, int D, int M, int reps, Rng *r) {
     return best;
 }
 
-// Seconds for forward + backward of one Soft MoE layer on (B,N,D) tokens.
-static double time_moe(MoeDims d, int reps, Rng *r) {
+// Seconds for forward + backward of one MoE layer on (B,N,D) tokens (*block),
+// and of its experts alone on the same rows (*experts), as moe.c runs them.
+static void time_moe(MoeDims d, int reps, Rng *r, double *block, double *experts) {
     const size_t S = (size_t)d.E * d.P, BND = (size_t)d.B * d.N * d.D;
-    float *abuf = filled(softmoe_acts_floats(d), r, 0), *sbuf = filled(softmoe_scratch_floats(d), r, 0);
+    const size_t R = moe_rows(d), xd = d.E * R * d.D, xm = d.E * R * d.M;
+    float *abuf = filled(moe_acts_floats(d), r, 0), *sbuf = filled(moe_scratch_floats(d), r, 0);
     MoeActs a;
     MoeScratch sc;
-    softmoe_acts_carve(&a, abuf, d);
-    softmoe_scratch_carve(&sc, sbuf, d);
-    size_t nw = (size_t)d.D * S + 1 + 2 * (size_t)d.E * d.D * d.M + (size_t)d.E * (d.M + d.D);
+    moe_acts_carve(&a, abuf, d);
+    moe_scratch_carve(&sc, sbuf, d);
+    size_t nw = (size_t)d.D * S + 1 + (size_t)d.D * d.E + 2 * (size_t)d.E * d.D * d.M +
+                (size_t)d.E * (d.M + d.D);
     float *wb = filled(nw, r, 0.05f), *gb = filled(nw, r, 0);
     MoeW w, g;
     MoeW *both[2] = {&w, &g};
@@ -100,6 +97,7 @@ static double time_moe(MoeDims d, int reps, Rng *r) {
         float *p = base[k];
         both[k]->mu = p, p += (size_t)d.D * S;
         both[k]->scale = p, p += 1;
+        both[k]->wr = p, p += (size_t)d.D * d.E;
         both[k]->w1 = p, p += (size_t)d.E * d.D * d.M;
         both[k]->b1 = p, p += (size_t)d.E * d.M;
         both[k]->w2 = p, p += (size_t)d.E * d.M * d.D;
@@ -107,31 +105,51 @@ static double time_moe(MoeDims d, int reps, Rng *r) {
     }
     w.scale[0] = 1.0f;
     float *y = filled(BND, r, 1), *out = filled(BND, r, 0), *dy = filled(BND, r, 0);
-    double best = 1e30;
+    MoeCtx ctx = {.train = 1, .seed = 1};
+    double best = 1e30, best_e = 1e30;
     for (int i = 0; i < reps + 1; i++) {
+        ctx.step = i;
         double t0 = sm_now();
-        softmoe_forward(out, &a, &sc, y, &w, d, 0);
-        softmoe_backward(dy, &g, &sc, out, &a, y, &w, d);
-        double t = sm_now() - t0;
-        if (i > 0 && t < best) best = t;
+        moe_forward(out, &a, &sc, y, &w, d, &ctx, 0);
+        moe_backward(dy, &g, &sc, out, &a, y, &w, d);
+        double t1 = sm_now();
+        #pragma omp parallel for schedule(dynamic)
+        for (int e = 0; e < d.E; e++) {
+            size_t rd = e * R * d.D, rm = e * R * d.M, wo = (size_t)e * d.D * d.M;
+            mlp_forward(a.ye + rd, a.h + rm, a.hg + rm, a.xe + rd, w.w1 + wo, w.b1 + e * d.M,
+                        w.w2 + wo, w.b2 + e * d.D, (int)R, d.D, d.M, 0, 1);
+            memset(sc.dxe + rd, 0, R * d.D * sizeof(float));
+            mlp_backward(sc.dxe + rd, g.w1 + wo, g.b1 + e * d.M, g.w2 + wo, g.b2 + e * d.D,
+                         sc.dh + rm, sc.dhg + rm, sc.dye + rd, a.xe + rd, a.h + rm, a.hg + rm,
+                         w.w1 + wo, w.w2 + wo, (int)R, d.D, d.M, 1);
+        }
+        double t2 = sm_now();
+        if (i > 0 && t1 - t0 < best) best = t1 - t0;
+        if (i > 0 && t2 - t1 < best_e) best_e = t2 - t1;
     }
+    (void)xd, (void)xm;
     free(abuf); free(sbuf); free(wb); free(gb); free(y); free(out); free(dy);
-    return best;
+    *block = best, *experts = best_e;
 }
 
-// The Soft MoE block against the dense MLP it replaces (paper, Section 3:
-// about the same cost at equal slot count).
+// The MoE block against the dense MLP it replaces (paper, Section 3: about
+// the same cost at equal slot count), and its routing overhead (the block
+// minus its experts: routing, dispatch, combine and their backward).
 static void bench_blocks(const VitDims *d, int B) {
     Rng r;
     rng_seed(&r, 3, 4);
     MoeDims md = vit_moe_dims(d, B);
     md.El = d->E, md.W = 1;  // one process holding every expert
-    double tm = time_moe(md, 5, &r);
-    double ts = time_mlp(B * d->ES, d->D, d->M, 5, &r);
+    double tm, te;
+    time_moe(md, 5, &r, &tm, &te);
+    const int rows = (int)moe_rows(md) * d->E;
+    double ts = time_mlp(rows, d->D, d->M, 5, &r);
     double tn = time_mlp(B * d->N, d->D, d->M, 5, &r);
-    printf("block fwd+bwd: soft_moe %.2f ms (E=%d P=%d, %d slots) | dense mlp on %d slots %.2f ms "
-           "(ratio %.2f) | dense mlp on %d tokens %.2f ms (ratio %.2f)\n",
-           tm * 1e3, d->E, d->EP, d->ES, d->ES, ts * 1e3, tm / ts, d->N, tn * 1e3, tm / tn);
+    printf("block fwd+bwd: %s %.2f ms (E=%d P=%d, %d expert rows) | experts %.2f ms | routing "
+           "overhead %.2f ms | dense mlp on %d rows %.2f ms (ratio %.2f) | dense mlp on %d "
+           "tokens %.2f ms (ratio %.2f)\n",
+           d->router->name, tm * 1e3, d->E, d->EP, rows, te * 1e3, (tm - te) * 1e3, rows,
+           ts * 1e3, tm / ts, B * d->N, tn * 1e3, tm / tn);
 }
 
 // Images/s the loader alone delivers with `threads` decode threads over nb
@@ -200,6 +218,7 @@ void bench_run(const Config *c, int steps) {
         if (ld) loader_next(ld, img, tgt, NULL);
         if (s >= warm) tw += sm_now() - tl;
         double t0 = sm_now();
+        m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = s};  // routing noise on, as in training
         vit_forward(&m, img, tgt, B);
         double t1 = sm_now();
         vit_backward(&m, img, tgt, B);

@@ -386,6 +386,10 @@ static void trainer_setup(Trainer *t, const Config *c) {
         sm_die("train.batch_size = %d is the global batch and must be divisible by the number "
                "of ranks (%d)", c->batch_size, t->world);
     t->B = c->batch_size / t->world;
+    if (c->experts > 0 && t->B % c->group_size != 0)
+        sm_die("moe.group_size = %d must divide the images per rank (train.batch_size %d / %d "
+               "ranks = %d): a routing group never spans ranks", c->group_size, c->batch_size,
+               t->world, t->B);
     char err[1024];
     if (dist_set_ep(c->expert_parallel, c->experts, err, sizeof err) != 0) sm_die("%s", err);
     if (vit_check_sizes(c, t->B, err, sizeof err) != 0) sm_die("%s", err);
@@ -520,6 +524,25 @@ static void add_since(DistStats *acc, const DistStats *before, const DistStats *
     acc->n_a2a += now->n_a2a - before->n_a2a, acc->n_ar += now->n_ar - before->n_ar;
 }
 
+// Routing health of the last step's forward, per MoE block, averaged over
+// the ranks: rm[l*MOE_NMETRICS + i] is metric i of block l.
+static void router_metrics(Trainer *t, double *rm) {
+    const VitDims *d = &t->m.d;
+    for (int l = 0; l < d->L; l++)
+        for (int i = 0; i < MOE_NMETRICS; i++)
+            rm[l * MOE_NMETRICS + i] = d->is_moe[l] ? t->m.a.blk[l].moe.metrics[i] / t->world : 0;
+    dist_sum(rm, d->L * MOE_NMETRICS);
+}
+
+// "moe/<block>/<metric>": <value> for every MoE block and router metric.
+static void log_router_metrics(FILE *mf, const Trainer *t, const double *rm) {
+    const VitDims *d = &t->m.d;
+    for (int l = 0; l < d->L; l++)
+        for (int i = 0; d->is_moe[l] && i < MOE_NMETRICS && d->router->metric_names[i]; i++)
+            fprintf(mf, ", \"moe/%d/%s\": %.4g", l, d->router->metric_names[i],
+                    rm[l * MOE_NMETRICS + i]);
+}
+
 // Under MPI: the batch, experts and parameters this rank holds.
 static void report_layout(const Trainer *t) {
     const ParamTable *pt = &t->m.pt;
@@ -568,7 +591,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     FILE *mf = t.rank == 0 ? sm_fopen(path, start ? "a" : "w") : NULL;
 
     const int tty = isatty(2) && !quiet;
-    double t0 = sm_now(), tlog = t0, t_steps = 0, wait = 0, wait_log = 0, win_loss = 0;
+    double t0 = sm_now(), tlog = t0, t_steps = 0, wait = 0, wait_log = 0, win_loss = 0, win_aux = 0;
     int win = 0;
     char mem[256];
     mem_format(&t.mem, mem, sizeof mem);
@@ -600,8 +623,12 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         double td = sm_now();
         next_batch(&t, c, step);
         wait += sm_now() - td;
+        // routing noise: a function of (seed, step, layer, global token)
+        t.m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = step, .img0 = (long)t.rank * t.B};
         double loss = vit_forward(&t.m, t.images, t.targets, t.B);
-        if (!isfinite(loss))
+        t.m.ctx.train = 0;  // evaluations in between route without noise
+        double aux = t.m.aux_loss;
+        if (!isfinite(loss + aux))
             sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the data)",
                    loss, step + 1);
         vit_backward(&t.m, t.images, t.targets, t.B);
@@ -614,7 +641,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         if (step + 1 == poison_at) t.opt_v[t.m.pt.t[0].offset] = NAN;
         add_since(&st, &before, ds);
         t_steps += sm_now() - td;
-        win_loss += loss, win++;
+        win_loss += loss, win_aux += aux, win++;
         if (step == start) {
             double l = loss / t.world;
             dist_sum(&l, 1);
@@ -624,8 +651,11 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         if ((step + 1) % c->log_every == 0 || last) {
             double now = sm_now(), dt = now - tlog;
             double ips = win * (double)c->batch_size / dt, wfrac = (wait - wait_log) / dt;
-            double mean = win_loss / win / t.world;
+            double mean = win_loss / win / t.world, mean_aux = win_aux / win / t.world;
             dist_sum(&mean, 1);
+            dist_sum(&mean_aux, 1);
+            double rm[VIT_MAX_DEPTH * MOE_NMETRICS];
+            router_metrics(&t, rm);
             double eta = (now - t0) / (step + 1 - start) * (c->steps - step - 1);
             double pnorm = sqrt(global_sumsq(&t, t.m.params));
             if (!isfinite(pnorm))
@@ -638,6 +668,9 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
                         "\"l2_grads\": %.6g, \"l2_params\": %.6g, \"data_wait\": %.4g, "
                         "\"skipped\": %llu",
                         step + 1, mean, lr, ips, gnorm, pnorm, wfrac, (unsigned long long)nskip);
+                if (t.m.d.n_moe && t.m.d.router->has_aux)
+                    fprintf(mf, ", \"aux_loss\": %.6g", mean_aux);
+                log_router_metrics(mf, &t, rm);
                 if (t.world > 1)
                     fprintf(mf, ", \"alltoall_s\": %.4g, \"allreduce_s\": %.4g",
                             (st.t_a2a - st_log.t_a2a) / win, (st.t_ar - st_log.t_ar) / win);
@@ -647,7 +680,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
             if (!quiet) progress(step + 1, c->steps, mean, lr, ips, wfrac, eta, tty);
             res->last_loss = mean;
             res->img_per_s = ips;
-            tlog = now, wait_log = wait, win_loss = 0, win = 0, st_log = st;
+            tlog = now, wait_log = wait, win_loss = 0, win_aux = 0, win = 0, st_log = st;
         }
         res->steps_done = step + 1;
         // A signal may reach the ranks at different steps: they agree once,
