@@ -4,20 +4,25 @@
 #   make train      default run (configs/fmnist_softmoe.ini); CONFIG=name ARGS="k=v ..."
 #   make bench      throughput, GFLOP/s and MFU against this machine's sgemm peak
 #   make deps       apt-get the Debian packages (scripts/install-deps.sh)
-# Switches: NO_MPI=1 (MPI is optional), DEBUG=1 (-O0 -g, sanitizers).
+#   make fuzz       libFuzzer harnesses (tests/fuzz/), FUZZ_S seconds each, in build-fuzz/
+# Switches: NO_MPI=1 (MPI is optional), DEBUG=1 (-O0 -g, ASan+UBSan, any report
+# fatal), BUILD=dir (another build directory, e.g. BUILD=build-debug DEBUG=1).
 
 CC      ?= gcc
-BUILD   := build
+BUILD   ?= build
 CONFIG  ?= fmnist_softmoe
 ARGS    ?=
 
-ifeq ($(DEBUG),1)
-  OPT := -O0 -g -fsanitize=address,undefined
+ifeq ($(FUZZ),1)
+  # The library for libFuzzer: coverage-instrumented, sanitized (make fuzz sets CC=clang).
+  OPT := -O1 -g -march=native -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
+else ifeq ($(DEBUG),1)
+  OPT := -O0 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 else
   OPT := -O3 -march=native -g
 endif
 CFLAGS  += -Isrc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter $(OPT) -fopenmp -fno-math-errno
-LDFLAGS += -fopenmp $(if $(filter 1,$(DEBUG)),-fsanitize=address$(comma)undefined)
+LDFLAGS += -fopenmp $(if $(filter 1,$(DEBUG) $(FUZZ)),-fsanitize=address$(comma)undefined)
 LDLIBS  += -lm
 comma := ,
 
@@ -61,7 +66,7 @@ LIB   := $(BUILD)/libsoftmoe.a
 BIN   := $(BUILD)/softmoe
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps found test train bench bench-experts bench-mpi paper clean
+.PHONY: all deps found test train bench bench-experts bench-mpi paper clean fuzz fuzz-bins fuzz-seeds
 all: found $(BIN)
 
 found:
@@ -95,6 +100,17 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -Isrc $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS) $(CHECK_LIBS)
 
+# Fuzz harnesses (tests/fuzz/fuzz_<target>.c). make test replays the committed
+# corpus and crash inputs through each harness linked with replay.c's main()
+# (no libFuzzer, so no clang needed; tests/test_fuzz.sh runs them).
+FUZZ_TARGETS := config shards image ckpt
+FUZZ_HDRS    := $(wildcard tests/fuzz/*.h)
+REPLAYS      := $(FUZZ_TARGETS:%=$(BUILD)/tests/replay_%)
+
+$(BUILD)/tests/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(FUZZ_HDRS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/fuzz tests/fuzz/replay.c $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+
 # Helpers of the shell tests: the fault-injection shim (LD_PRELOAD) and a
 # checkpoint damager, both used by tests/test_faults.sh.
 HELPERS := $(BUILD)/tests/faultinj.so $(BUILD)/tests/h5edit
@@ -107,8 +123,39 @@ $(BUILD)/tests/h5edit: tests/h5edit.c
 
 # Tests: one executable per module plus shell tests of the command, summed
 # into one closing line by scripts/run-tests.sh.
-test: found $(BIN) $(TESTS) $(HELPERS)
+test: found $(BIN) $(TESTS) $(HELPERS) $(REPLAYS)
 	@sh scripts/run-tests.sh $(BIN) $(TESTS)
+
+# make fuzz FUZZ_S=60: each harness for FUZZ_S seconds, one after the other
+# (new inputs go to build-fuzz/corpus/<target>, crashes to
+# tests/fuzz/crashes/<target>/ to be committed and fixed). Needs clang.
+FUZZ_S     ?= 60
+FUZZ_BUILD ?= build-fuzz
+FUZZ_FLAGS ?= -timeout=20 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz needs clang: WITH_FUZZ=1 make deps"; exit 1; }
+	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) CC=clang FUZZ=1 NO_MPI=1 fuzz-bins
+	@status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t tests/fuzz/crashes/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_S) s"; \
+	  LSAN_OPTIONS=suppressions=tests/fuzz/lsan.supp $(FUZZ_BUILD)/fuzz_$$t $(FUZZ_FLAGS) -max_total_time=$(FUZZ_S) \
+	    -artifact_prefix=tests/fuzz/crashes/$$t/ $(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t \
+	    || status=1; \
+	done; exit $$status
+
+fuzz-bins: $(FUZZ_TARGETS:%=$(BUILD)/fuzz_%)
+
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_HDRS) $(LIB)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests/fuzz $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
+
+# The checkpoint fuzzer's seeds: real checkpoints of its tiny table.
+fuzz-seeds: $(BUILD)/tests/ckpt_seed
+	$(BUILD)/tests/ckpt_seed tests/fuzz/corpus/ckpt
+	cd tests/fuzz/corpus/ckpt && for f in ckpt-*.h5; do mv "$$f" "seed-$$f"; done
+
+$(BUILD)/tests/ckpt_seed: tests/fuzz/ckpt_seed.c $(FUZZ_HDRS) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/fuzz $< $(LIB) -o $@ $(LDFLAGS) $(LDLIBS)
 
 # The default run trains on Fashion-MNIST shards, written once from the idx
 # files of Debian's dataset-fashion-mnist (60k train, 10k test).
@@ -160,4 +207,4 @@ bench-mpi: found $(BIN)
 	STEPS=4 sh scripts/bench_mpi.sh $(BIN) configs/vit_s16_softmoe.ini $(S16) moe.experts=32 moe.slots=4 $(ARGS)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD)

@@ -18,6 +18,10 @@ dataset-fashion-mnist"
 if [ "${WITH_PYTHON:-0}" = 1 ]; then
     PKGS="$PKGS python3-torch python3-numpy python3-matplotlib python3-h5py"
 fi
+# make fuzz: clang with libFuzzer (make test replays the corpus with gcc).
+if [ "${WITH_FUZZ:-0}" = 1 ]; then
+    PKGS="$PKGS clang"
+fi
 
 missing=""
 for p in $PKGS; do

@@ -308,6 +308,8 @@ static int cmd_eval(int argc, char **argv) {
         size_t len = strlen(info.config);
         SM_CHECK(write(fd, info.config, len) == (ssize_t)len, "writing %s failed", cfgpath);
         close(fd);
+        ckpt_info_free(&info);  // loaded again below, with the parameters
+        info = (CkptInfo){0};
     }
     Config c;
     int rc = config_load(&c, from_ini ? src : cfgpath, argc - 3, argv + 3, err, sizeof err);

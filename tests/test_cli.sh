@@ -44,7 +44,7 @@ expect_fail "unknown key" "typo.ini:3: unknown key 'model.widht' (did you mean '
 [ -e "$T/w1" ] && bad "unknown key: workdir was created before the error" || ok
 expect_fail "bad value" "badval.ini:3.*model.pool" "$BIN" params "$T/badval.ini"
 expect_fail "missing include" "noinc.ini:1.*missing.ini" "$BIN" params "$T/noinc.ini"
-expect_fail "unknown section" "badsec.ini:3.*modle" "$BIN" params "$T/badsec.ini"
+expect_fail "unknown section" "badsec.ini:2.*modle" "$BIN" params "$T/badsec.ini"
 expect_fail "bad override" "model.depth" "$BIN" params "$T/base.ini" model.depth=two
 expect_fail "unknown override" "optim.lrr" "$BIN" params "$T/base.ini" optim.lrr=1
 expect_fail "no config" "needs a config" "$BIN" train

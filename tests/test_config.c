@@ -84,10 +84,10 @@ START_TEST(test_include_precedence) {
     char sub[128];
     snprintf(sub, sizeof sub, "%s/sub", dir);
     ck_assert_int_eq(mkdir(sub, 0700), 0);
-    put("sub/inner.ini", "[optim]\nwd = inner\nb1 = 0.5\n");
+    put("sub/inner.ini", "[optim]\nwd = inner:1\nb1 = 0.5\n");
     // inner.ini is found next to base.ini, not in the current directory.
     put("sub/base.ini", "include = inner.ini\n[model]\nwidth = 128\ndepth = 2\nheads = 8\n"
-                        "[optim]\nlr = 0.5\nwd = base\n");
+                        "[optim]\nlr = 0.5\nwd = base:2\n");
     const char *main_ini = put("main.ini", "include = sub/base.ini\n; comment\n[model]\n"
                                            "width = 96  ; inline comment\n[optim]\nlr = 0.125\n");
     char *ov[] = {"optim.lr=0.25", "model.depth = 3"};
@@ -97,7 +97,7 @@ START_TEST(test_include_precedence) {
     ck_assert_int_eq(c.depth, 3);         // override beats both
     ck_assert_int_eq(c.heads, 8);         // only in the include
     ck_assert_double_eq(c.lr, 0.25);      // override beats the file
-    ck_assert_str_eq(c.wd, "base");       // includer beats nested include
+    ck_assert_str_eq(c.wd, "base:2");       // includer beats nested include
     ck_assert_double_eq(c.b1, 0.5);       // only in the nested include
     ck_assert_int_eq(c.mlp_dim, 256);     // untouched default
 }
@@ -147,7 +147,7 @@ END_TEST
 
 START_TEST(test_unknown_section) {
     const char *m = load_fails("sec.ini", "[model]\nwidth = 32\n\n[modle]\ndepth = 2\n");
-    ASSERT_HAS(m, "sec.ini:5:");
+    ASSERT_HAS(m, "sec.ini:4:");  // the header line, before any of its keys
     ASSERT_HAS(m, "[modle]");
     ASSERT_HAS(m, "did you mean [model]");
 }
@@ -275,6 +275,152 @@ START_TEST(test_round_trip) {
 }
 END_TEST
 
+// Loads text as a config plus overrides, writes the resolved config, reloads
+// it and requires the identical Config (bytes, so every value).
+static void round_trips(const char *text, int n, char **ov) {
+    Config a, b;
+    const char *in = put("rt_in.ini", text);
+    ck_assert_msg(config_load(&a, in, n, ov, err, sizeof err) == 0, "%s", err);
+    char out[600];
+    snprintf(out, sizeof out, "%s/rt_out.ini", dir);
+    ck_assert_int_eq(config_write(&a, out), 0);
+    ck_assert_msg(config_load(&b, out, 0, NULL, err, sizeof err) == 0, "reload: %s", err);
+    ck_assert_msg(memcmp(&a, &b, sizeof a) == 0, "'%s' did not reload to the same values", text);
+}
+
+static void override_fails(const char *ov, const char *part) {
+    Config c;
+    char *v[] = {(char *)ov};
+    ck_assert_msg(config_load(&c, NULL, 1, v, err, sizeof err) == -1, "'%s' was accepted", ov);
+    ASSERT_HAS(err, "command line: ");
+    ASSERT_HAS(err, part);
+}
+
+// Item 7 of issue 11: values an INI line cannot carry are refused where they
+// are given; everything accepted reloads to the same values.
+START_TEST(test_round_trip_values) {
+    override_fails("data.train=;x.tar", "data.train");
+    ASSERT_HAS(err, "begins with ';' or '#'");
+    override_fails("data.train=#x.tar", "data.train");
+    override_fails("data.train=a.tar ;b.tar", "' ;' or ' #'");
+    override_fails("data.val=a.tar\t#b", "data.val");
+    override_fails("train.workdir=a\nb", "control character");
+    override_fails("train.workdir=a\rb", "train.workdir");
+    override_fails("train.workdir=a\x0b", "train.workdir");  // inih strips \v as white space
+    override_fails("model.width=\x0c" "5", "model.width");
+    override_fails("fewshot.pets=a|b ;c", "fewshot.pets");
+    override_fails("fewshot.pets=;a|b", "fewshot.pets");
+    override_fails("fewshot.a:b=x|y", "letters, digits");  // ':' would split the written key
+    override_fails("fewshot.[x]=x|y", "letters, digits");
+    override_fails("fewshot.\"q\"=x|y", "letters, digits");  // would break metrics.jsonl
+    // In a file the same characters are comments or stripped white space,
+    // and a comment-only value is an empty one.
+    round_trips("[data]\ntrain = ;x.tar\nval = a.tar ;b\n", 0, NULL);
+    char *ok[] = {"data.train=a;b#c.tar", "train.workdir=runs/a\tb  ", "data.val=  x,y ",
+                  "fewshot.pets=a;b|c#d", "fewshot.x.y=p|q", "optim.lr=-0", "optim.clip=+1e-300",
+                  "train.seed=007", "moe.shared_init=YES", "schedule.timescale=1e300",
+                  "model.variant=S/+16", "model.image_size=224"};
+    round_trips("[train]\nsteps = 100\n", 12, ok);
+    // A shorter value replacing a longer one leaves no stale bytes behind.
+    char *shorter[] = {"fewshot.pets=short|s"};
+    round_trips("[fewshot]\npets = a-much-longer-train-set|and-test-set\n", 1, shorter);
+}
+END_TEST
+
+// Item 8: a key or section given twice in one file is an error naming both
+// lines; an including file or the command line overriding is not.
+START_TEST(test_duplicates) {
+    const char *m = load_fails("dk.ini", "[model]\nwidth = 32\ndepth = 2\nwidth = 64\n");
+    ASSERT_HAS(m, "dk.ini:4: duplicate key 'model.width'");
+    ASSERT_HAS(m, "line 2");
+    m = load_fails("ds.ini", "[model]\nwidth = 32\n[train]\nsteps = 5000\n[model]\ndepth = 2\n");
+    ASSERT_HAS(m, "ds.ini:5: duplicate section [model]");
+    ASSERT_HAS(m, "line 1");
+    m = load_fails("df.ini", "[fewshot]\npets = a|b\nshots = 1\npets = c|d\n");
+    ASSERT_HAS(m, "df.ini:4: duplicate key 'fewshot.pets'");
+    ASSERT_HAS(m, "line 2");
+    Config c;  // an empty known section is fine
+
+    ck_assert_msg(config_load(&c, put("em.ini", "[moe]\n[model]\nwidth = 32\n"), 0, NULL, err,
+                              sizeof err) == 0, "%s", err);
+    m = load_fails("us.ini", "[model]\nwidth = 32\n[modle]\n");  // unknown even without keys
+    ASSERT_HAS(m, "us.ini:3: unknown section [modle]");
+    // Overrides: an including file, and the command line, twice.
+    put("base_d.ini", "[model]\nwidth = 32\n[fewshot]\npets = a|b\n");
+    const char *top = put("top_d.ini", "include = base_d.ini\n[model]\nwidth = 48\n[fewshot]\npets = c|d\n");
+    char *ov[] = {"model.width=64", "model.width=96", "fewshot.pets=e|f", "fewshot.pets=g|h"};
+    ck_assert_msg(config_load(&c, top, 4, ov, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(c.width, 96);
+    ck_assert_int_eq(c.n_fewshot, 1);
+    ck_assert_str_eq(c.fewshot_data[0], "g|h");
+}
+END_TEST
+
+// Item 8: what is not a small regular text file is refused, naming it.
+START_TEST(test_not_a_config_file) {
+    Config c;
+    ck_assert_int_eq(config_load(&c, "/dev/zero", 0, NULL, err, sizeof err), -1);
+    ASSERT_HAS(err, "/dev/zero: cannot read config file: is a character device");
+    const char *m = load_fails("iz.ini", "include = /dev/zero\n[model]\n");
+    ASSERT_HAS(m, "iz.ini:1: cannot read included file '/dev/zero': is a character device");
+    char fifo[600];
+    snprintf(fifo, sizeof fifo, "%s/fifo.ini", dir);
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);  // no writer: a blocking open would hang
+    ck_assert_int_eq(config_load(&c, fifo, 0, NULL, err, sizeof err), -1);
+    ASSERT_HAS(err, "fifo.ini: cannot read config file: is a FIFO");
+    ASSERT_HAS(load_fails("if.ini", "include = fifo.ini\n"), "if.ini:1: cannot read included file");
+    ASSERT_HAS(err, "is a FIFO");
+    m = load_fails("idir.ini", "include = .\n[model]\n");
+    ASSERT_HAS(m, "idir.ini:1: cannot read included file");
+    ASSERT_HAS(m, "is a directory");
+    // Over the 1 MiB cap: one long comment makes a big but otherwise fine file.
+    size_t big = ((size_t)1 << 20) + 1;
+    char *text = malloc(big + 1);
+    ck_assert_ptr_nonnull(text);
+    memset(text, '\n', big);
+    text[big] = '\0';
+    m = load_fails("big.ini", text);
+    ASSERT_HAS(m, "big.ini: cannot read config file: is 1048577 bytes");
+    ASSERT_HAS(m, "1 MiB");
+    text[big - 1] = '\0';  // exactly 1 MiB of empty lines loads
+    ck_assert_msg(config_load(&c, put("cap.ini", text), 0, NULL, err, sizeof err) == 0, "%s", err);
+    free(text);
+    // A NUL byte inside a value: "width = 6\0 4" must not read as 6.
+    char nul_path[600];
+    snprintf(nul_path, sizeof nul_path, "%s/nul.ini", dir);
+    FILE *f = fopen(nul_path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite("[model]\nwidth = 6\0 4\n", 1, 21, f), 21);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_int_eq(config_load(&c, nul_path, 0, NULL, err, sizeof err), -1);
+    ASSERT_HAS(err, "nul.ini:2: contains a NUL byte");
+}
+END_TEST
+
+// Item 8: keys whose values other modules parse name their file and line
+// (or the command line) too.
+START_TEST(test_module_key_origin) {
+    const char *m = load_fails("ml.ini", "[moe]\nexperts = 4\nlayers = every:x\n");
+    ASSERT_HAS(m, "ml.ini:3: moe.layers");
+    Config c;
+    char *layers[] = {"moe.experts=4", "moe.layers=1,x"};
+    ck_assert_int_eq(config_load(&c, NULL, 2, layers, err, sizeof err), -1);
+    ASSERT_HAS(err, "command line: moe.layers");
+    m = load_fails("wd.ini", "[model]\nwidth = 32\n[optim]\nwd = head/kernel\n");
+    ASSERT_HAS(m, "wd.ini:4: optim.wd");
+    override_fails("optim.wd=*/kernel:x", "optim.wd");
+    m = load_fails("pp.ini", "[data]\nsource = shards\npp_train = resize(28)|spin(3)\n");
+    ASSERT_HAS(m, "pp.ini:3: data.pp_train");
+    ASSERT_HAS(m, "spin");
+    override_fails("data.pp_eval=central_crop(", "data.pp_eval");
+    ASSERT_HAS(load_fails("ro.ini", "[moe]\nexperts = 4\n\nrouter = bogus\n"), "ro.ini:4: moe.router");
+    // If the model refuses a router setting, the error names where it was given.
+    char *ov[] = {"moe.experts=4", "moe.router=tokens_choice"};
+    if (config_load(&c, NULL, 2, ov, err, sizeof err) != 0) ASSERT_HAS(err, "command line: moe.router");
+    ASSERT_HAS(load_fails("dp.ini", "[model]\ndepth = 100000\n"), "dp.ini:2: model.depth");
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
@@ -289,6 +435,10 @@ static Suite *config_suite(void) {
     tcase_add_test(tc, test_overrides);
     tcase_add_test(tc, test_validation);
     tcase_add_test(tc, test_round_trip);
+    tcase_add_test(tc, test_round_trip_values);
+    tcase_add_test(tc, test_duplicates);
+    tcase_add_test(tc, test_not_a_config_file);
+    tcase_add_test(tc, test_module_key_origin);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -158,7 +158,8 @@ START_TEST(test_eval_pass) {
 }
 END_TEST
 
-// A shard of four samples: good PNG, corrupt JPEG, PNG without label, label 12.
+// A shard of six samples: good PNG, corrupt JPEG, PNG without label, label
+// 12, two .cls members that disagree (ambiguous), two that agree (fine).
 static void write_bad_shard(const char *path, const unsigned char *png, size_t plen) {
     struct archive *a = archive_write_new();
     archive_write_set_format_ustar(a);
@@ -166,7 +167,9 @@ static void write_bad_shard(const char *path, const unsigned char *png, size_t p
     const unsigned char junk[] = {0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 4, 5};
     struct { const char *name; const void *data; size_t len; } m[] = {
         {"a.png", png, plen}, {"a.cls", "3", 1},  {"b.jpg", junk, sizeof junk},
-        {"b.cls", "4", 1},    {"c.png", png, plen}, {"d.png", png, plen}, {"d.cls", "12", 2}};
+        {"b.cls", "4", 1},    {"c.png", png, plen}, {"d.png", png, plen}, {"d.cls", "12", 2},
+        {"e.png", png, plen}, {"e.cls", "1", 1},    {"e.cls", "2", 1},    {"f.png", png, plen},
+        {"f.cls", "6", 1},    {"f.cls", "6\n", 2}};
     for (size_t i = 0; i < sizeof m / sizeof *m; i++) {
         struct archive_entry *e = archive_entry_new();
         archive_entry_set_pathname(e, m[i].name);
@@ -205,8 +208,10 @@ START_TEST(test_bad_samples_skipped) {
     ck_assert_int_eq(loader_next(l, img, tgt, &lab), 1);
     ck_assert_int_eq(lab, 3);
     ck_assert_int_eq(index_of(img), 5);
+    ck_assert_int_eq(loader_next(l, img, tgt, &lab), 1);
+    ck_assert_int_eq(lab, 6);
     ck_assert_int_eq(loader_next(l, img, tgt, &lab), 0);
-    ck_assert_uint_eq(loader_skipped(l), 3);
+    ck_assert_uint_eq(loader_skipped(l), 4);
     loader_close(l);
 }
 END_TEST

@@ -362,18 +362,25 @@ START_TEST(test_truncated_data) {
     Got g[4];
     int n;
     ck_assert_int_eq(read_all(path, g, 4, &n), -1);
-    ck_assert_int_eq(n, 2);
+    // The sample cut short comes out marked damaged, so the caller counts it.
+    ck_assert_int_eq(n, 3);
     ck_assert_str_eq(g[0].s.key, "0000");
     ck_assert_str_eq(g[1].s.key, "0001");
     assert_labels(&g[1], 1, (int[]){1});
+    ck_assert_int_eq(g[1].s.damaged, 0);
+    ck_assert_str_eq(g[2].s.key, "0002");
+    ck_assert_int_eq(g[2].s.damaged, 1);
+    ck_assert_ptr_null(g[2].s.img);
+    ck_assert_int_eq(g[2].s.nlabels, 0);
     ASSERT_HAS(err, path);
     ASSERT_HAS(err, "'0002'");
     free_got(g, n);
 }
 END_TEST
 
-// A header cut or damaged after sample 0001's last member: 0001 may be
-// missing members, so only 0000 counts as complete.
+// A header cut or damaged after sample 0001's last member: 0001's members
+// were all read before the damage, so it is returned whole (issue 11: it was
+// dropped uncounted), then the error.
 START_TEST(test_truncated_header) {
     const char *path = tpath("cuthdr.tar");
     long off = three_samples(path, NULL, 4000);
@@ -382,8 +389,12 @@ START_TEST(test_truncated_header) {
     Got g[4];
     int n;
     ck_assert_int_eq(read_all(path, g, 4, &n), -1);
-    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(n, 2);
     ck_assert_str_eq(g[0].s.key, "0000");
+    ck_assert_str_eq(g[1].s.key, "0001");
+    ck_assert_ptr_nonnull(g[1].img);
+    assert_labels(&g[1], 1, (int[]){1});
+    ck_assert_int_eq(g[1].s.damaged, 0);
     ASSERT_HAS(err, path);
     ASSERT_HAS(err, "'0001'");
     free_got(g, n);
@@ -401,7 +412,10 @@ START_TEST(test_corrupt_header) {
     Got g[4];
     int n;
     ck_assert_int_eq(read_all(path, g, 4, &n), -1);
-    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(n, 2);  // 0001, complete before the bad checksum, is not lost
+    ck_assert_str_eq(g[1].s.key, "0001");
+    assert_labels(&g[1], 1, (int[]){1});
+    ck_assert_int_eq(g[1].s.damaged, 0);
     ASSERT_HAS(err, path);
     free_got(g, n);
 }
@@ -418,10 +432,125 @@ START_TEST(test_truncated_gz) {
     Got g[4];
     int n;
     ck_assert_int_eq(read_all(path, g, 4, &n), -1);
-    ck_assert_int_eq(n, 2);
+    ck_assert_int_eq(n, 3);
     ck_assert_str_eq(g[1].s.key, "0001");
+    assert_labels(&g[1], 1, (int[]){1});
+    ck_assert_int_eq(g[2].s.damaged, 1);
     ASSERT_HAS(err, path);
     ASSERT_HAS(err, "0002");
+    free_got(g, n);
+}
+END_TEST
+
+// A small .tar.gz (decompressed under libarchive's 64 KiB block) cut short:
+// libarchive's own gzip filter failed the open and lost the whole shard.
+static void truncated_small(const char *filter, const char *name, const char *why) {
+    unsigned char *img[3];
+    size_t len[3] = {300, 300, 6000};
+    for (int i = 0; i < 3; i++) img[i] = make_bytes(200u + (unsigned)i, len[i]);
+    const Mem m[] = {BIN_MEM("0000.png", img[0], 300), FILE_MEM("0000.cls", "0"),
+                     BIN_MEM("0001.png", img[1], 300), FILE_MEM("0001.cls", "1"),
+                     BIN_MEM("0002.png", img[2], 6000), FILE_MEM("0002.cls", "2")};
+    const char *path = tpath(name);
+    if (write_tar(path, filter, m, 6) != 0) {
+        printf("note: skipping the truncated %s case\n", filter);
+        for (int i = 0; i < 3; i++) free(img[i]);
+        return;
+    }
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_int_lt(st.st_size, 65536);
+    cut_file(path, st.st_size * 2 / 3);  // inside 0002.png's data
+    Got g[4];
+    int n;
+    ck_assert_int_eq(read_all(path, g, 4, &n), -1);
+    ck_assert_int_eq(n, 3);
+    assert_img(&g[0], img[0], 300);
+    assert_labels(&g[0], 1, (int[]){0});
+    assert_img(&g[1], img[1], 300);
+    assert_labels(&g[1], 1, (int[]){1});
+    ck_assert_str_eq(g[2].s.key, "0002");
+    ck_assert_int_eq(g[2].s.damaged, 1);
+    ASSERT_HAS(err, path);
+    ASSERT_HAS(err, why);
+    free_got(g, n);
+    for (int i = 0; i < 3; i++) free(img[i]);
+}
+
+// zstd is different: a frame is made of blocks of up to 128 KiB that decode
+// only whole, so a small .tar.zst cut short has nothing decodable at all. It
+// is refused at open with the shard named (the loader counts it).
+START_TEST(test_truncated_small_zst) {
+    const Mem m[] = {BIN_MEM("0000.png", "abc", 3), FILE_MEM("0000.cls", "0")};
+    const char *path = tpath("small.tar.zst");
+    if (write_tar(path, "zstd", m, 2) != 0) return;
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    cut_file(path, st.st_size - 4);
+    ck_assert_ptr_null(shard_open(path, err, sizeof err));
+    ASSERT_HAS(err, path);
+}
+END_TEST
+
+START_TEST(test_truncated_small_gz) {
+    truncated_small("gzip", "small.tar.gz", "truncated gzip");
+    unsigned char *img[3];
+    size_t len[3] = {300, 300, 6000};  // random bytes: the third dominates the compressed size
+    for (int i = 0; i < 3; i++) img[i] = make_bytes(200u + (unsigned)i, len[i]);
+    const Mem m[] = {BIN_MEM("0000.png", img[0], 300), FILE_MEM("0000.cls", "0"),
+                     BIN_MEM("0001.png", img[1], 300), FILE_MEM("0001.cls", "1"),
+                     BIN_MEM("0002.png", img[2], 6000), FILE_MEM("0002.cls", "2")};
+    const char *path = tpath("small.tar.gz");
+    Got g[4];
+    int n;
+    // The same shard whole, and two gzip members concatenated, read fully.
+    ck_assert_int_eq(write_tar(path, "gzip", m, 6), 0);
+    ck_assert_msg(read_all(path, g, 4, &n) == 0, "%s", err);
+    ck_assert_int_eq(n, 3);
+    assert_img(&g[2], img[2], 6000);
+    free_got(g, n);
+    const char *plain = tpath("small.tar"), *cat = tpath("cat.tar.gz");
+    ck_assert_int_eq(write_tar(plain, NULL, m, 6), 0);
+    FILE *f = fopen(plain, "rb");
+    ck_assert_ptr_nonnull(f);
+    static unsigned char tar[1 << 16];
+    size_t tn = fread(tar, 1, sizeof tar, f);
+    ck_assert_int_eq(fclose(f), 0);
+    for (int part = 0; part < 2; part++) {  // gzip's "ab": a second member appended
+        gzFile z = gzopen(cat, part ? "ab" : "wb");
+        ck_assert_ptr_nonnull(z);
+        size_t from = part ? tn / 3 : 0, to = part ? tn : tn / 3;
+        ck_assert_int_eq(gzwrite(z, tar + from, (unsigned)(to - from)), (int)(to - from));
+        ck_assert_int_eq(gzclose(z), Z_OK);
+    }
+    ck_assert_msg(read_all(cat, g, 4, &n) == 0, "%s", err);
+    ck_assert_int_eq(n, 3);
+    assert_img(&g[2], img[2], 6000);
+    assert_labels(&g[2], 1, (int[]){2});
+    free_got(g, n);
+    for (int i = 0; i < 3; i++) free(img[i]);
+}
+END_TEST
+
+// Two .cls members for one key: different labels make the sample ambiguous
+// (issue 11: the first was used silently); equal labels are fine.
+START_TEST(test_two_cls) {
+    const Mem m[] = {BIN_MEM("0000.png", "a", 1), FILE_MEM("0000.cls", "3"), FILE_MEM("0000.cls", "7"),
+                     BIN_MEM("0001.png", "b", 1), FILE_MEM("0001.cls", "2"), FILE_MEM("0001.cls", " 2\n"),
+                     FILE_MEM("0002.cls", "4"), BIN_MEM("0002.png", "c", 1), FILE_MEM("0002.cls", "x"),
+                     BIN_MEM("0003.png", "d", 1), FILE_MEM("0003.cls", "1,2"), FILE_MEM("0003.cls", "1")};
+    const char *path = tpath("twocls.tar");
+    ck_assert_int_eq(write_tar(path, NULL, m, 12), 0);
+    Got g[5];
+    int n;
+    ck_assert_msg(read_all(path, g, 5, &n) == 0, "%s", err);
+    ck_assert_int_eq(n, 4);
+    int want[4] = {1, 0, 1, 1};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_msg(g[i].s.ambiguous == want[i], "sample %s: ambiguous %d", g[i].s.key, g[i].s.ambiguous);
+        if (want[i]) ck_assert_int_eq(g[i].s.nlabels, 0);
+    }
+    assert_labels(&g[1], 1, (int[]){2});
     free_got(g, n);
 }
 END_TEST
@@ -772,6 +901,9 @@ static Suite *shards_suite(void) {
     tcase_add_test(tc, test_truncated_header);
     tcase_add_test(tc, test_corrupt_header);
     tcase_add_test(tc, test_truncated_gz);
+    tcase_add_test(tc, test_truncated_small_gz);
+    tcase_add_test(tc, test_truncated_small_zst);
+    tcase_add_test(tc, test_two_cls);
     tcase_add_test(tc, test_too_big);
     tcase_add_test(tc, test_write_idx);
     tcase_add_test(tc, test_write_idx_errors);

@@ -3,7 +3,13 @@
 // writing the resolved config back out, so the five can never disagree.
 #include "config.h"
 #include "common.h"
+#include "config_io.h"
 
+#include "../data/image.h"
+#include "../model/vit.h"
+#include "../optim/optim.h"
+
+#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <inttypes.h>
@@ -220,14 +226,21 @@ static int parse_variant(const char *s, int *vi, int *patch) {
     return 0;
 }
 
-// A string that an INI file could not give back unchanged would break the
-// promise that the written config reloads identically, so refuse it here.
-static bool ini_safe(const char *s) {
+// The written config must reload to the same values (DESIGN.md), so a value
+// that an INI line cannot carry unchanged is refused wherever it comes from
+// (in practice the command line): a control character (line breaks, and the
+// other bytes inih strips as white space; tab is fine inside a value), and a
+// ';' or '#' that starts the value or follows white space, which inih would
+// read as the start of a comment. Returns NULL or what is wrong.
+static const char *ini_unsafe(const char *s) {
+    if (s[0] == ';' || s[0] == '#') return "begins with ';' or '#', which an INI file reads as a comment";
     for (const char *p = s; *p; p++) {
-        if (*p == '\n' || *p == '\r') return false;
-        if ((*p == ';' || *p == '#') && p > s && (p[-1] == ' ' || p[-1] == '\t')) return false;
+        if ((unsigned char)*p < 0x20 && *p != '\t')
+            return "contains a control character (a line break?), which an INI line cannot hold";
+        if ((*p == ';' || *p == '#') && (p[-1] == ' ' || p[-1] == '\t'))
+            return "contains ' ;' or ' #', which an INI file reads as the start of a comment";
     }
-    return true;
+    return NULL;
 }
 
 static int set_string(const KeyDef *k, char *dst, const char *value, const char *origin,
@@ -236,9 +249,6 @@ static int set_string(const KeyDef *k, char *dst, const char *value, const char 
     if (n >= k->size)
         return fail(err, errlen, origin, line, "%s.%s is %zu characters long (at most %zu)",
                     k->section, k->key, n, k->size - 1);
-    if (!ini_safe(value))
-        return fail(err, errlen, origin, line,
-                    "%s.%s contains a line break or a ' ;'/' #' comment marker", k->section, k->key);
     memset(dst, 0, k->size);  // zero the tail so equal configs are memcmp-equal
     memcpy(dst, value, n);
     return 0;
@@ -276,6 +286,8 @@ static int set_value(Config *c, const KeyDef *k, const char *v, const char *orig
                      char *err, size_t errlen) {
     char *dst = (char *)c + k->off;
     int vi, patch;
+    const char *unsafe = ini_unsafe(v);
+    if (unsafe) return fail(err, errlen, origin, line, "%s.%s = '%s' %s", k->section, k->key, v, unsafe);
     switch (k->type) {
     case T_U64:
         if (parse_u64(v, (uint64_t *)dst) != 0)
@@ -358,12 +370,22 @@ static int set_fewshot_set(Config *c, const char *key, const char *value, const 
                     "fewshot.%s = '%s': expected <train source>|<test source>", key, value);
     if (strlen(key) >= sizeof c->fewshot_name[0] || strlen(value) >= CFG_PATH)
         return fail(err, errlen, origin, line, "fewshot.%s: name or value too long", key);
+    // The name becomes an INI key and part of metric names in metrics.jsonl.
+    if (strspn(key, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.") != strlen(key))
+        return fail(err, errlen, origin, line,
+                    "fewshot.%s: a few-shot dataset name may use only letters, digits, '_', '-' and '.'",
+                    key);
+    const char *unsafe = ini_unsafe(value);
+    if (unsafe) return fail(err, errlen, origin, line, "fewshot.%s = '%s' %s", key, value, unsafe);
     int i = 0;
     while (i < c->n_fewshot && strcmp(c->fewshot_name[i], key)) i++;
     if (i == CFG_MAX_FEWSHOT)
         return fail(err, errlen, origin, line, "fewshot.%s: at most %d few-shot datasets", key,
                     CFG_MAX_FEWSHOT);
     if (i == c->n_fewshot) c->n_fewshot++;
+    // Zeroed tails: a shorter value replacing a longer one leaves no bytes behind.
+    memset(c->fewshot_name[i], 0, sizeof c->fewshot_name[i]);
+    memset(c->fewshot_data[i], 0, sizeof c->fewshot_data[i]);
     snprintf(c->fewshot_name[i], sizeof c->fewshot_name[i], "%s", key);
     snprintf(c->fewshot_data[i], sizeof c->fewshot_data[i], "%s", value);
     return 0;
@@ -397,37 +419,39 @@ void config_defaults(Config *c) {
 
 // ---------------------------------------------------------------- files
 
+enum { MAX_SECTIONS = 16 };
+
+typedef struct Loader Loader;
+
+// One file being parsed: its text (read whole by config_io.c), the reading
+// position, and what this file has set so far, to refuse duplicates. A key
+// set again by an including file or the command line is an override, not a
+// duplicate, so this is per file.
 typedef struct {
-    FILE *f;
+    Loader *L;
     const char *path;
-    int lineno;    // line last handed to inih, i.e. the one its handler is seeing
-    int too_long;  // line number of a line that did not fit in inih's buffer
+    const char *text;
+    size_t len, pos;
+    int lineno;           // line last handed to inih, i.e. the one its handler is seeing
+    int too_long;         // line number of a line that did not fit in inih's buffer
+    int key_line[NKEYS];  // line where this file set each key, 0 = not yet
+    struct { char name[64]; int line; } fs[CFG_MAX_FEWSHOT + 1];  // fewshot.<name> keys
+    int nfs;
+    struct { const char *name; int line; } sec[MAX_SECTIONS];     // [section] headers
+    int nsec;
 } Source;
 
-typedef struct {
+struct Loader {
     Config *c;
     unsigned char given[NKEYS];  // keys set by a file or override: the variant must not touch them
+    char *where[NKEYS];          // "file:line" or "command line" that last set each key (malloc'd)
     char *open[MAX_DEPTH];       // real paths of the files being read, to catch include cycles
     int depth;
     Source *src;
     bool failed;  // err already holds the first error; outer files must not overwrite it
     char *err;
     size_t errlen;
-} Loader;
-
-// fgets for inih that also counts lines, since Debian's inih is built without
-// INI_HANDLER_LINENO, and refuses lines that inih would otherwise split in two.
-static char *read_line(char *str, int num, void *stream) {
-    Source *s = stream;
-    if (!fgets(str, num, s->f)) return NULL;
-    s->lineno++;
-    size_t n = strlen(str);
-    if (n == (size_t)num - 1 && str[n - 1] != '\n' && !feof(s->f)) {
-        s->too_long = s->lineno;
-        return NULL;  // ends the parse; load_file reports it
-    }
-    return str;
-}
+};
 
 static int load_file(Loader *L, const char *path, const char *from, int fromline);
 
@@ -445,6 +469,81 @@ static int loader_fail(Loader *L, const char *origin, int line, const char *fmt,
     return fail(L->err, L->errlen, origin, line, "%s", msg);
 }
 
+static void set_where(Loader *L, int i, const char *file, int line) {
+    free(L->where[i]);
+    int n = line > 0 ? asprintf(&L->where[i], "%s:%d", file, line) : asprintf(&L->where[i], "%s", file);
+    if (n < 0) sm_die("out of memory reading the config");
+}
+
+// The name of a [section] header as inih reads it (same inline-comment rule),
+// or NULL when the line is no header or one inih will reject. *n: its length.
+static const char *header_name(const char *line, size_t *n) {
+    const char *s = line;
+    while (isspace((unsigned char)*s)) s++;
+    if (*s != '[') return NULL;
+    bool was_space = false;
+    const char *p = s + 1;
+    for (; *p && *p != ']'; p++) {
+        if (was_space && (*p == ';' || *p == '#')) return NULL;
+        was_space = isspace((unsigned char)*p);
+    }
+    if (*p != ']') return NULL;
+    *n = (size_t)(p - s - 1);
+    return s + 1;
+}
+
+// inih never reports a [section] line to its handler, so headers are checked
+// here as lines go by: an unknown section (even one with no keys) and a
+// section opened twice in one file are errors.
+static int check_header(Source *s, const char *line) {
+    if (s->lineno == 1 && !strncmp(line, "\xEF\xBB\xBF", 3)) line += 3;  // inih skips a BOM
+    size_t n;
+    const char *name = header_name(line, &n);
+    if (!name) return 0;
+    const char *known = NULL;
+    for (size_t i = 0; i < NKEYS && !known; i++)
+        if (strlen(KEYS[i].section) == n && !strncmp(KEYS[i].section, name, n)) known = KEYS[i].section;
+    if (!known) {
+        char sec[128], near[128];
+        snprintf(sec, sizeof sec, "%.*s", (int)(n < 100 ? n : 100), name);
+        suggest(sec, true, near, sizeof near);
+        if (near[0])
+            return loader_fail(s->L, s->path, s->lineno, "unknown section [%s] (did you mean [%s]?)", sec,
+                               near);
+        return loader_fail(s->L, s->path, s->lineno, "unknown section [%s]", sec);
+    }
+    for (int i = 0; i < s->nsec; i++)
+        if (!strcmp(s->sec[i].name, known))
+            return loader_fail(s->L, s->path, s->lineno,
+                               "duplicate section [%s]: already opened on line %d of this file "
+                               "(keep its keys in one [%s]; an including file or the command line "
+                               "may override them)", known, s->sec[i].line, known);
+    if (s->nsec < MAX_SECTIONS) {
+        s->sec[s->nsec].name = known;
+        s->sec[s->nsec++].line = s->lineno;
+    }
+    return 0;
+}
+
+// inih's reader over the file's text: counts lines, since Debian's inih is
+// built without INI_HANDLER_LINENO, refuses lines that inih would otherwise
+// split in two, and checks section headers.
+static char *read_line(char *str, int num, void *stream) {
+    Source *s = stream;
+    if (s->pos >= s->len || s->L->failed) return NULL;
+    const char *p = s->text + s->pos, *nl = memchr(p, '\n', s->len - s->pos);
+    size_t n = nl ? (size_t)(nl - p) + 1 : s->len - s->pos;
+    s->lineno++;
+    if (n > (size_t)num - 1) {
+        s->too_long = s->lineno;
+        return NULL;  // ends the parse; load_file reports it
+    }
+    memcpy(str, p, n);
+    str[n] = '\0';
+    s->pos += n;
+    return check_header(s, str) == 0 ? str : NULL;
+}
+
 // include values are relative to the including file's directory.
 static int include_path(const char *from, const char *inc, char *out, size_t outlen) {
     const char *slash = strrchr(from, '/');
@@ -453,9 +552,24 @@ static int include_path(const char *from, const char *inc, char *out, size_t out
     return n >= 0 && (size_t)n < outlen ? 0 : -1;
 }
 
+// fewshot.<name> set twice in one file?
+static int fewshot_duplicate(Source *src, const char *key, int line) {
+    for (int i = 0; i < src->nfs; i++)
+        if (!strcmp(src->fs[i].name, key))
+            return loader_fail(src->L, src->path, line,
+                               "duplicate key 'fewshot.%s': already set on line %d of this file", key,
+                               src->fs[i].line);
+    if (src->nfs < CFG_MAX_FEWSHOT + 1 && strlen(key) < sizeof src->fs[0].name) {
+        snprintf(src->fs[src->nfs].name, sizeof src->fs[0].name, "%s", key);
+        src->fs[src->nfs++].line = line;
+    }
+    return 0;
+}
+
 static int handle_key(Loader *L, const char *section, const char *key, const char *value) {
-    const char *file = L->src->path;
-    int line = L->src->lineno;
+    Source *src = L->src;
+    const char *file = src->path;
+    int line = src->lineno;
     if (section[0] == '\0') {
         char full[PATH_MAX];
         if (strcmp(key, "include") != 0)
@@ -466,16 +580,22 @@ static int handle_key(Loader *L, const char *section, const char *key, const cha
         return load_file(L, full, file, line);
     }
     if (!strcmp(section, "fewshot") && key_index(section, key) < 0) {
+        if (fewshot_duplicate(src, key, line) != 0) return -1;
         if (set_fewshot_set(L->c, key, value, file, line, L->err, L->errlen) == 0) return 0;
         L->failed = true;
         return -1;
     }
     int i = find_key(section, key, file, line, L->err, L->errlen);
+    if (i >= 0 && src->key_line[i])
+        return loader_fail(L, file, line, "duplicate key '%s.%s': already set on line %d of this file",
+                           section, key, src->key_line[i]);
     if (i < 0 || set_value(L->c, &KEYS[i], value, file, line, L->err, L->errlen) != 0) {
         L->failed = true;
         return -1;
     }
     L->given[i] = 1;
+    src->key_line[i] = line;
+    set_where(L, i, file, line);
     return 0;
 }
 
@@ -484,44 +604,33 @@ static int on_key(void *user, const char *section, const char *key, const char *
     return handle_key(user, section, key, value) == 0;
 }
 
-// Opens path and refuses it when it is already being read (an include cycle).
-static FILE *open_source(Loader *L, const char *path, const char *from, int fromline, char **real) {
-    *real = realpath(path, NULL);
-    FILE *f = *real ? fopen(path, "r") : NULL;
-    if (!f) {
-        int e = errno;
-        free(*real);
-        if (from) loader_fail(L, from, fromline, "cannot read included file '%s': %s", path, strerror(e));
-        else loader_fail(L, path, 0, "cannot read config file: %s", strerror(e));
-        return NULL;
-    }
-    for (int i = 0; i < L->depth; i++) {
-        if (strcmp(L->open[i], *real) == 0) {
-            loader_fail(L, from, fromline, "include cycle: '%s' is already being read", path);
-            fclose(f);
-            free(*real);
-            return NULL;
-        }
-    }
-    return f;
-}
-
 static int load_file(Loader *L, const char *path, const char *from, int fromline) {
     if (L->depth == MAX_DEPTH)
         return loader_fail(L, from, fromline, "includes nested deeper than %d files", MAX_DEPTH);
-    char *real;
-    FILE *f = open_source(L, path, from, fromline, &real);
-    if (!f) return -1;
-    Source src = {.f = f, .path = path}, *outer = L->src;
+    char *real = realpath(path, NULL), *text = NULL, why[256];
+    int bad_line = 0;
+    if (!real) snprintf(why, sizeof why, "%s", strerror(errno));
+    for (int i = 0; real && i < L->depth; i++) {
+        if (strcmp(L->open[i], real) == 0) {
+            free(real);
+            return loader_fail(L, from, fromline, "include cycle: '%s' is already being read", path);
+        }
+    }
+    size_t len = 0;
+    if (!real || config_read_file(path, &text, &len, &bad_line, why, sizeof why) != 0) {
+        free(real);
+        if (bad_line) return loader_fail(L, path, bad_line, "%s", why);
+        if (from) return loader_fail(L, from, fromline, "cannot read included file '%s': %s", path, why);
+        return loader_fail(L, path, 0, "cannot read config file: %s", why);
+    }
+    Source src = {.L = L, .path = path, .text = text, .len = len}, *outer = L->src;
     L->open[L->depth++] = real;
     L->src = &src;
     int ret = ini_parse_stream(read_line, &src, on_key, L);
     L->src = outer;
     free(L->open[--L->depth]);
-    bool read_error = ferror(f);
-    fclose(f);  // opened read-only: a failing close loses nothing
+    free(text);
     if (L->failed) return -1;
-    if (read_error) return loader_fail(L, path, src.lineno + 1, "read error");
     if (src.too_long)
         return loader_fail(L, path, src.too_long, "line longer than %d characters", MAX_LINE - 3);
     if (ret != 0)  // inih met a line that is neither [section], key = value nor a comment
@@ -555,6 +664,7 @@ static int apply_override(Loader *L, const char *arg) {
     int i = find_key(trim(buf), trim(dot + 1), origin, 0, L->err, L->errlen);
     if (i < 0 || set_value(L->c, &KEYS[i], trim(eq + 1), origin, 0, L->err, L->errlen) != 0) return -1;
     L->given[i] = 1;
+    set_where(L, i, origin, 0);
     return 0;
 }
 
@@ -657,16 +767,59 @@ static void inih_setup(void) {
     ini_inline_comment_prefixes = inline_comments;
 }
 
+// Where key "section.key" was set, for messages: "file:line", "command line",
+// or the top file (or "command line") for a default.
+static const char *origin_of(const Loader *L, const char *name, const char *top) {
+    char section[64];
+    const char *dot = strchr(name, '.');
+    if (dot && (size_t)(dot - name) < sizeof section) {
+        snprintf(section, sizeof section, "%.*s", (int)(dot - name), name);
+        char key[64];
+        size_t n = strspn(dot + 1, "abcdefghijklmnopqrstuvwxyz0123456789_");
+        snprintf(key, sizeof key, "%.*s", (int)(n < sizeof key ? n : sizeof key - 1), dot + 1);
+        int i = key_index(section, key);
+        if (i >= 0 && L->where[i]) return L->where[i];
+    }
+    return top;
+}
+
+// The values other modules parse: moe.layers and moe.router (the model),
+// optim.wd (the optimiser), data.pp_train/pp_eval (preprocessing). Checked
+// here, before any work, so the message names the file and line (or the
+// command line) that set the key. Their messages begin with the key.
+static int check_modules(const Loader *L, const char *top, char *err, size_t errlen) {
+    const Config *c = L->c;
+    char msg[512];
+    PpChain pp;
+    WdRule rules[WD_MAX_RULES];
+    const struct { const char *name, *value; } pps[] = {{"data.pp_train", c->pp_train},
+                                                        {"data.pp_eval", c->pp_eval}};
+    for (int i = 0; i < 2; i++)
+        if (pp_parse(pps[i].value, &pp, msg, sizeof msg) != 0)
+            return fail(err, errlen, origin_of(L, pps[i].name, top), 0, "%s = '%s': %s", pps[i].name,
+                        pps[i].value, msg);
+    if (wd_parse(c->wd, rules, WD_MAX_RULES, msg, sizeof msg) < 0)
+        return fail(err, errlen, origin_of(L, "optim.wd", top), 0, "%s", msg);
+    if (vit_check_config(c, msg, sizeof msg) != 0)
+        return fail(err, errlen, origin_of(L, msg, top), 0, "%s", msg);
+    return 0;
+}
+
 int config_load(Config *c, const char *path, int noverrides, char **overrides,
                 char *err, size_t errlen) {
     config_defaults(c);
     Loader L = {.c = c, .err = err, .errlen = errlen};
     inih_setup();
-    if (path && load_file(&L, path, NULL, 0) != 0) return -1;
-    for (int i = 0; i < noverrides; i++)
-        if (apply_override(&L, overrides[i]) != 0) return -1;
-    resolve_variant(&L);
-    return validate(c, path ? path : "command line", err, errlen);
+    const char *top = path ? path : "command line";
+    int rc = path ? load_file(&L, path, NULL, 0) : 0;
+    for (int i = 0; rc == 0 && i < noverrides; i++) rc = apply_override(&L, overrides[i]);
+    if (rc == 0) {
+        resolve_variant(&L);
+        rc = validate(c, top, err, errlen);
+    }
+    if (rc == 0) rc = check_modules(&L, top, err, errlen);
+    for (size_t i = 0; i < NKEYS; i++) free(L.where[i]);
+    return rc;
 }
 
 // ---------------------------------------------------------------- writing

@@ -221,7 +221,9 @@ static int read_unit(Loader *l, const Unit *u, Stream *st, ShufBuf *sb) {
     while ((rc = shard_next(rd, &s, err, sizeof err)) == 1) {
         Raw r = {0};
         snprintf(r.where, sizeof r.where, "shard %s, key %s", u->path, s.key);
-        if (!s.img || s.img_len == 0) set_why(&r, "no image member");
+        if (s.damaged) set_why(&r, "a member cut short by damage in the shard");
+        else if (s.ambiguous) set_why(&r, "ambiguous: two .cls members with different labels");
+        else if (!s.img || s.img_len == 0) set_why(&r, "no image member");
         else if (s.bad_label) set_why(&r, "unparsable .cls label");
         else if (s.nlabels == 0) set_why(&r, "no .cls label");
         else {

@@ -8,9 +8,11 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <string.h>
 #include <strings.h>
+#include <zlib.h>
 
 // ---- brace patterns -------------------------------------------------------
 
@@ -171,9 +173,10 @@ struct ShardReader {
     // The sample being assembled.
     int in_sample;
     char key[MEMBER_PATH_MAX];
-    Buf img, cls;
-    int has_img, has_cls, img_big, cls_big;
+    Buf img, cls, cls2;
+    int has_img, has_cls, img_big, cls_big, ambiguous, damaged;
     uint64_t index;
+    struct GzSource *gz;             // set when the shard is gzip: decompressed by zlib here
 };
 
 // libarchive's codes are not ordered by severity (RETRY -10 sits above WARN
@@ -210,18 +213,111 @@ static int broken(ShardReader *r, int in_data, const char *why) {
     return -1;
 }
 
+// ---- gzip through zlib ------------------------------------------------------
+//
+// libarchive's gzip filter decompresses into 64 KiB blocks and, when the
+// stream ends early, fails the whole block: a truncated small .tar.gz then
+// cannot even be opened and every sample in it is lost. Here the
+// decompressed bytes are handed to libarchive as soon as zlib produces them,
+// and the truncation is reported only after them, so the tar reader sees the
+// complete leading members and then the damage.
+
+typedef struct GzSource {
+    FILE *f;
+    z_stream z;
+    int done, failed;
+    char why[160];
+    unsigned char in[1 << 16], out[1 << 16];
+} GzSource;
+
+// Refills the input; 0 at the end of the file (why set on a read error).
+static size_t gz_fill(GzSource *g) {
+    size_t n = fread(g->in, 1, sizeof g->in, g->f);
+    if (n == 0 && ferror(g->f)) {
+        snprintf(g->why, sizeof g->why, "read error: %s", strerror(errno));
+        g->failed = 1;
+    }
+    g->z.next_in = g->in;
+    g->z.avail_in = (uInt)n;
+    return n;
+}
+
+static la_ssize_t gz_read(struct archive *a, void *client, const void **buf) {
+    GzSource *g = client;
+    *buf = g->out;
+    g->z.next_out = g->out;
+    g->z.avail_out = sizeof g->out;
+    while (!g->done && !g->failed && g->z.avail_out == sizeof g->out) {
+        if (g->z.avail_in == 0 && gz_fill(g) == 0) {
+            if (!g->failed)
+                snprintf(g->why, sizeof g->why, "truncated gzip data (the file ends inside the stream)");
+            g->failed = 1;
+            break;
+        }
+        int zr = inflate(&g->z, Z_NO_FLUSH);
+        if (zr == Z_STREAM_END) {
+            // Another gzip member may follow (concatenated files); anything else
+            // after the end is ignored, as gzip -d does.
+            if (g->z.avail_in == 0) gz_fill(g);
+            if (g->z.avail_in == 0 || g->z.next_in[0] != 0x1f) g->done = 1;
+            else if (inflateReset(&g->z) != Z_OK) g->failed = 1;
+        } else if (zr != Z_OK && !(zr == Z_BUF_ERROR && g->z.avail_in == 0)) {
+            snprintf(g->why, sizeof g->why, "corrupt gzip data: %s", g->z.msg ? g->z.msg : "inflate failed");
+            g->failed = 1;
+        }
+    }
+    size_t got = sizeof g->out - g->z.avail_out;
+    if (got > 0 || !g->failed) return (la_ssize_t)got;
+    archive_set_error(a, EIO, "%s", g->why);
+    return ARCHIVE_FATAL;
+}
+
+// Opens path as gzip when it starts with gzip's magic bytes: 1 = *out set,
+// 0 = not gzip (or cannot be read: libarchive reports that), -1 = zlib failed.
+static int gz_open(const char *path, GzSource **out) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    unsigned char magic[2];
+    if (fread(magic, 1, 2, f) != 2 || magic[0] != 0x1f || magic[1] != 0x8b || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);  // read-only
+        return 0;
+    }
+    GzSource *g = sm_calloc(1, sizeof *g);
+    g->f = f;
+    if (inflateInit2(&g->z, 15 + 16) != Z_OK) {  // 15 + 16: a gzip wrapper, not zlib's
+        fclose(f);
+        free(g);
+        return -1;
+    }
+    *out = g;
+    return 1;
+}
+
+static void gz_free(GzSource *g) {
+    if (!g) return;
+    inflateEnd(&g->z);
+    fclose(g->f);  // read-only
+    free(g);
+}
+
 ShardReader *shard_open(const char *path, char *err, size_t errlen) {
     struct archive *a = archive_read_new();
     if (!a) sm_die("out of memory creating a libarchive reader for '%s'", path);
+    GzSource *gz;
+    if (gz_open(path, &gz) < 0) sm_die("zlib cannot start a gzip stream for '%s'", path);
     // ARCHIVE_WARN here means a filter would run an external program: usable.
     if (!la_ok(archive_read_support_filter_all(a)) || !la_ok(archive_read_support_format_tar(a)) ||
-        !la_ok(archive_read_open_filename(a, path, 1 << 16))) {
+        !la_ok(gz ? archive_read_open(a, gz, NULL, gz_read, NULL)
+                  : archive_read_open_filename(a, path, 1 << 16))) {
         snprintf(err, errlen, "cannot open shard '%s': %s", path, la_msg(a));
         archive_read_free(a);  // its status adds nothing to the error above
+        gz_free(gz);
         return NULL;
     }
     ShardReader *r = sm_calloc(1, sizeof *r);
     r->a = a;
+    r->gz = gz;
     r->path = dup_range(path, strlen(path));
     return r;
 }
@@ -230,8 +326,10 @@ void shard_close(ShardReader *r) {
     if (!r) return;
     // Every byte we used was already checked; a close error cannot change that.
     archive_read_free(r->a);
+    gz_free(r->gz);
     free(r->img.p);
     free(r->cls.p);
+    free(r->cls2.p);
     free(r->path);
     free(r);
 }
@@ -300,18 +398,32 @@ static int is_image_ext(const char *ext) {
     return !strcasecmp(ext, "jpg") || !strcasecmp(ext, "jpeg") || !strcasecmp(ext, "png");
 }
 
+// Labels of a .cls buffer: their count, or -1 when unparsable or too big.
+static int cls_labels(const Buf *b, int big, int *labels) {
+    return big ? -1 : shards_parse_labels((const char *)b->p, b->len, labels, SHARD_MAX_LABELS);
+}
+
 // Adds the current member to the sample: the first image and the first .cls
-// are kept, everything else is skipped.
+// are kept; a further .cls must give the same labels, or the sample is
+// ambiguous; everything else is skipped.
 static int take_member(ShardReader *r) {
     int rc;
     if (!r->has_img && is_image_ext(r->ent_ext)) {
         if ((rc = read_data(r, &r->img)) < 0) return -1;
         r->has_img = 1;
         r->img_big = rc == 1;
-    } else if (!r->has_cls && !strcasecmp(r->ent_ext, "cls")) {
-        if ((rc = read_data(r, &r->cls)) < 0) return -1;
-        r->has_cls = 1;
-        r->cls_big = rc == 1;
+    } else if (!strcasecmp(r->ent_ext, "cls")) {
+        Buf *b = r->has_cls ? &r->cls2 : &r->cls;
+        if ((rc = read_data(r, b)) < 0) return -1;
+        if (!r->has_cls) {
+            r->has_cls = 1;
+            r->cls_big = rc == 1;
+            return 0;
+        }
+        int l1[SHARD_MAX_LABELS], l2[SHARD_MAX_LABELS];
+        int n1 = cls_labels(&r->cls, r->cls_big, l1), n2 = cls_labels(b, rc == 1, l2);
+        if (n1 != n2 || (n1 > 0 && memcmp(l1, l2, (size_t)n1 * sizeof *l1)))
+            r->ambiguous = 1;
     } else if (skip_data(r) < 0) {
         return -1;
     }
@@ -331,12 +443,17 @@ static int emit(ShardReader *r, ShardSample *s) {
         s->img_len = r->img.len;
     }
     s->too_big = r->img_big;
-    if (r->has_cls) {
-        int n = r->cls_big ? -1
-                           : shards_parse_labels((const char *)r->cls.p, r->cls.len, s->labels,
-                                                 SHARD_MAX_LABELS);
+    if (r->has_cls && !r->ambiguous) {
+        int n = cls_labels(&r->cls, r->cls_big, s->labels);
         s->bad_label = n < 0;
         s->nlabels = n < 0 ? 0 : n;
+    }
+    s->ambiguous = r->ambiguous;
+    if (r->damaged) {  // a member was cut short: nothing of it is trustworthy
+        s->img = NULL;
+        s->img_len = 0;
+        s->nlabels = 0;
+        s->damaged = 1;
     }
     s->index = r->index++;
     r->in_sample = 0;
@@ -347,7 +464,7 @@ static void start_sample(ShardReader *r) {
     memcpy(r->key, r->ent_path, r->ent_keylen);
     r->key[r->ent_keylen] = '\0';
     r->in_sample = 1;
-    r->has_img = r->has_cls = r->img_big = r->cls_big = 0;
+    r->has_img = r->has_cls = r->img_big = r->cls_big = r->ambiguous = r->damaged = 0;
 }
 
 static int same_key(const ShardReader *r) {
@@ -363,7 +480,12 @@ int shard_next(ShardReader *r, ShardSample *s, char *err, size_t errlen) {
         if (r->state == RD_EOF) return r->in_sample ? emit(r, s) : 0;
         if (!r->pending) {
             int rc = next_member(r);
-            if (rc < 0) continue;  // reported above, the partial sample is dropped
+            // A damaged header: the sample read so far had all its members'
+            // data; it goes out (the caller judges it), then the error.
+            if (rc < 0) {
+                if (r->in_sample) return emit(r, s);
+                continue;
+            }
             if (rc == 0) {
                 r->state = RD_EOF;
                 continue;
@@ -374,6 +496,9 @@ int shard_next(ShardReader *r, ShardSample *s, char *err, size_t errlen) {
         if (r->in_sample && !same_key(r)) return emit(r, s);
         if (!r->in_sample) start_sample(r);
         r->pending = 0;
-        take_member(r);  // on failure the state is RD_BROKEN, caught at the top
+        if (take_member(r) < 0) {  // damage inside a member: this sample is counted as damaged
+            r->damaged = 1;
+            return emit(r, s);
+        }
     }
 }

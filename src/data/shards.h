@@ -30,6 +30,8 @@ typedef struct {
     int bad_label;              // .cls present but not parsable as non-negative integers
     uint64_t index;             // 0-based sample index within the shard
     int too_big;                // an image member exceeded SHARD_MAX_MEMBER (img is NULL)
+    int ambiguous;              // two .cls members with different labels (nlabels is 0)
+    int damaged;                // the shard broke inside one of its members (img NULL, no labels)
 } ShardSample;
 
 typedef struct ShardReader ShardReader;
@@ -39,8 +41,14 @@ typedef struct ShardReader ShardReader;
 ShardReader *shard_open(const char *path, char *err, size_t errlen);
 // Next sample: 1 = got one, 0 = end of shard, -1 = the archive is truncated
 // or corrupt from here on (err names the shard and the last key); the caller
-// counts it and moves to the next shard. The sample being read when the
-// damage was found is dropped: it may lack members (e.g. its .cls).
+// counts it and moves to the next shard. No sample before the damage is lost:
+// when a member header is damaged, the sample whose members were all read
+// before it is returned first (with what it has: the caller skips and counts
+// it if that lacks an image or label); when the damage is inside a member's
+// data, that sample is returned with `damaged` set, to be counted. gzip
+// shards are decompressed here with zlib, so a truncated small .tar.gz still
+// yields its leading samples (libarchive's gzip filter fails the whole first
+// 64 KiB block, and so the open, when the stream ends early).
 int shard_next(ShardReader *r, ShardSample *s, char *err, size_t errlen);
 void shard_close(ShardReader *r);
 
