@@ -31,7 +31,7 @@ comma := ,
 
 # A fresh machine: install the Debian packages before probing (not for clean/deps).
 ifneq ($(filter-out clean deps,$(or $(MAKECMDGOALS),all)),)
-  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive zlib && command -v mpicc >/dev/null && echo ok),ok)
+  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive zlib libzip && command -v mpicc >/dev/null && echo ok),ok)
     $(info softmoe: Debian packages missing, running scripts/install-deps.sh)
     $(shell sh scripts/install-deps.sh >&2)
   endif
@@ -43,7 +43,8 @@ BLAS_PC := $(firstword $(foreach p,openblas blas,$(if $(call have,$(p)),$(p))))
 HDF5_PC := $(if $(call have,hdf5-serial),hdf5-serial)
 PKGS    := $(BLAS_PC) $(if $(call have,inih),inih) $(HDF5_PC) \
            $(if $(call have,libpng),libpng) $(if $(call have,libjpeg),libjpeg) \
-           $(if $(call have,libarchive),libarchive) $(if $(call have,zlib),zlib)
+           $(if $(call have,libarchive),libarchive) $(if $(call have,zlib),zlib) \
+           $(if $(call have,libzip),libzip)
 
 ifeq ($(NO_MPI),1)
   MPICC :=
@@ -91,6 +92,7 @@ found:
 	  "$(if $(call have,libpng),✓ libpng,✗ libpng)" \
 	  "$(if $(call have,libjpeg),✓ libjpeg-turbo,✗ libjpeg-turbo)" \
 	  "$(if $(call have,libarchive),✓ libarchive,✗ libarchive)" \
+	  "$(if $(call have,libzip),✓ libzip (.npz),✗ libzip (.npz))" \
 	  "$(if $(call have,check),✓ Check (tests),✗ Check (tests))" \
 	  "✓ OpenMP ($(CC) -fopenmp)" \
 	  "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI$(if $(filter 1,$(NO_MPI)), (NO_MPI=1),))" \
@@ -174,9 +176,10 @@ $(BUILD)/tests/ckpt_seed: tests/fuzz/ckpt_seed.c $(FUZZ_HDRS) $(LIB)
 # The default run trains on Fashion-MNIST shards, written once from the idx
 # files of Debian's dataset-fashion-mnist (60k train, 10k test).
 FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
+FMNIST_PER_SHARD ?= 10000
 FMNIST     := data/fmnist
 $(FMNIST)/test-000000.tar: | $(BIN)
-	$(BIN) shards fmnist $(FMNIST_IDX) $(FMNIST) 10000
+	$(BIN) shards fmnist $(FMNIST_IDX) $(FMNIST) $(FMNIST_PER_SHARD)
 
 train: found $(BIN) $(if $(filter fmnist_softmoe fmnist_tokens_choice fmnist_experts_choice finetune_fmnist,$(CONFIG)),$(FMNIST)/test-000000.tar)
 	$(BIN) train configs/$(CONFIG).ini $(ARGS)
@@ -185,8 +188,9 @@ train: found $(BIN) $(if $(filter fmnist_softmoe fmnist_tokens_choice fmnist_exp
 # baselines with 32 experts at Soft MoE 32x4's 128 expert rows per image
 # (Tokens Choice k=1 and k=2 in groups of 8 images: capacity 32 per expert and
 # group; Experts Choice per image: 4 per expert), Soft MoE 128x1 (needs ~15 GB
-# of RAM), then the default config. Random images: the paper configs name JFT
-# shards (jft.ini), which bench would otherwise open.
+# of RAM), then the default config on its Fashion-MNIST shards (written first
+# if missing). Random images for S/16: the paper configs name JFT shards
+# (jft.ini), which bench would otherwise open.
 S16 := train.batch_size=8 model.classes=1000 model.loss=softmax_xent data.source=synthetic
 bench: found $(BIN) $(FMNIST)/test-000000.tar
 	$(BIN) bench configs/vit_s16.ini $(S16) $(ARGS)

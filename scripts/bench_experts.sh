@@ -13,16 +13,18 @@
 # block alone (forward + backward, from `softmoe bench`): its time, its
 # experts' time and the routing overhead (the difference).
 # Usage: scripts/bench_experts.sh [build/softmoe] [experts ...]
+#   (or EXPERTS="8 16" in the environment; ROUTERS="soft" narrows the routers;
+#   STEPS=3 timed steps per point; BATCH=64 images per step, smaller for a smoke test)
 set -eu
 BIN=${1:-build/softmoe}
 [ $# -gt 0 ] && shift
-EXPERTS=${*:-8 16 32 64 128 256 512 1024}
+EXPERTS=${*:-${EXPERTS:-8 16 32 64 128 256 512 1024}}
 ARGS="model.variant= model.image_size=128 model.patch=4 model.width=32 model.heads=2
       model.mlp_dim=128 model.depth=1 moe.layers=0 model.classes=10 model.loss=softmax_xent
-      train.batch_size=64 data.source=synthetic"
+      train.batch_size=${BATCH:-64} data.source=synthetic"
 printf '%-16s %6s %5s %8s %9s %8s %8s %8s %8s %9s %9s %9s %9s\n' router experts P rows/exp \
     params_M step_ms fwd_ms bwd_ms adam_ms img_per_s block_ms expert_ms routing_ms
-for R in soft tokens_choice:1 tokens_choice:2 experts_choice; do
+for R in ${ROUTERS:-soft tokens_choice:1 tokens_choice:2 experts_choice}; do
     for E in $EXPERTS; do
         P=$((1024 / E)); [ "$P" -lt 1 ] && P=1
         case $R in

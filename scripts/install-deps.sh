@@ -8,6 +8,7 @@ libopenblas-openmp-dev
 libhdf5-dev hdf5-tools
 libinih-dev
 libarchive-dev libzstd-dev
+libzip-dev
 libpng-dev libjpeg62-turbo-dev zlib1g-dev
 check
 libopenmpi-dev openmpi-bin

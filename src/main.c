@@ -1,48 +1,161 @@
-// The `softmoe` command: train, params, bench.
+// The `softmoe` command: train, params, bench, eval, predict, export, inspect,
+// shards, keys.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <errno.h>
+#include <unistd.h>
 
 #include "core/common.h"
 #include "core/config.h"
+#include "data/classes.h"
 #include "data/shards.h"
 #include "model/vit.h"
 #include "train/bench.h"
 #include "train/ckpt.h"
 #include "train/memory.h"
 #include "eval/eval.h"
-#include <unistd.h>
+#include "eval/predict.h"
+#include "train/npz.h"
 #include "train/train.h"
 #include "dist/dist.h"
 
+// One entry per command: its synopsis and what `softmoe CMD --help` says.
+typedef struct { const char *name, *synopsis, *help; } Cmd;
+static const Cmd CMDS[] = {
+    {"train", "train CONFIG.ini [section.key=value ...]",
+     "Trains the configured model. Writes train.workdir/config.ini (the resolved config),\n"
+     "metrics.jsonl and ckpt-{step}.h5; re-running the same command resumes from the newest\n"
+     "checkpoint. SIGTERM/SIGINT: finish the step, checkpoint, exit 0. Under mpirun: data\n"
+     "and expert parallel over the ranks.\n"
+     "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 schedule.warmup_steps=20 "
+     "optim.lr=5e-4\n"},
+    {"params", "params CONFIG.ini [overrides]",
+     "Parameters per group, `params: N`, forward GFLOP per image and the bytes one rank sends\n"
+     "per step under MPI; builds the parameter table only, so any size works.\n"},
+    {"bench", "bench CONFIG.ini [overrides]",
+     "Times forward+backward+clip+Adam on random images (and the loader on shards):\n"
+     "img/s, GFLOP/s and MFU against this machine's sgemm peak, measured between the steps.\n"
+     "SOFTMOE_BENCH_STEPS=N sets the timed steps (default 5).\n"},
+    {"eval", "eval CKPT.h5|CONFIG.ini [overrides]",
+     "val/prec@1 and val/loss on data.val and few-shot accuracy on every\n"
+     "fewshot.<name> = <train>|<test>, as JSON lines; the checkpoint's own config plus the\n"
+     "overrides. A CONFIG.ini evaluates the freshly initialised model (a baseline).\n"},
+    {"predict", "predict CKPT.h5 IMAGE|FOLDER... [--top K] [--json] [overrides]",
+     "The top K (default 5) classes and probabilities of each image (JPEG or PNG; a folder:\n"
+     "every file under it, sorted) under the checkpoint's model and data.pp_eval, in batches\n"
+     "of eval.batch_size: softmax probabilities (sigmoid for sigmoid_xent). Class names come\n"
+     "from the training data: classes.txt beside the shards, or a folder's class subfolders.\n"
+     "One line per image: FILE:  CLASS NAME PROB ...; --json: one JSON object per image.\n"
+     "Exit 1 when an image could not be read (the others are still reported).\n"},
+    {"export", "export CKPT.h5 OUT.npz",
+     "Writes the checkpoint's parameters to an .npz (numpy.load reads it): one float32 array\n"
+     "per tensor under vmoe's names and shapes (Encoder/encoderblock_3/Moe/Mlp/Dense_0/kernel\n"
+     "(E,D,M), ...), experts whole. train.init = OUT.npz loads it back.\n"},
+    {"inspect", "inspect CKPT.h5",
+     "Format version, step, world size, config and every parameter's name, shape, count.\n"},
+    {"shards", "shards fmnist|folder|synth ...",
+     "Writes WebDataset shards (PNG or JPEG + .cls members):\n"
+     "  softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]   Fashion-MNIST idx files\n"
+     "    -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
+     "  softmoe shards folder ROOT OUT_PREFIX [PER_SHARD [SEED]]   ROOT/<class>/<image>,\n"
+     "    samples shuffled across the shards (seeded), classes.txt beside them\n"
+     "  softmoe shards synth OUT_PREFIX N [PER_SHARD]       N synthetic 320x240 JPEGs\n"},
+    {"keys", "keys [SECTION]",
+     "Every config key with its type, default and one line of documentation.\n"},
+};
+#define NCMDS (sizeof CMDS / sizeof *CMDS)
+
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: softmoe <command> CONFIG.ini [section.key=value ...]\n"
-            "commands:\n"
-            "  train   train the configured model (resolved config and metrics.jsonl go to\n"
-            "          train.workdir)\n"
-            "  params  parameter count per group and forward GFLOP per image, no data\n"
-            "  bench   time forward+backward+update; img/s, GFLOP/s, MFU vs this machine's sgemm\n"
-            "  inspect CKPT.h5: format version, step, config, every parameter's name, shape, count\n"
-            "  eval    CKPT.h5 [overrides]: val/prec@1 and val/loss on data.val, and few-shot\n"
-            "          accuracy on every fewshot.<name> = <train>|<test>; CONFIG.ini instead of a\n"
-            "          checkpoint evaluates the freshly initialised model (a baseline)\n"
-            "  shards  write WebDataset shards (PNG + .cls members):\n"
-            "            softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]   Fashion-MNIST idx files\n"
-            "              -> OUT_DIR/train-000000.tar... and OUT_DIR/test-000000.tar...\n"
-            "            softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]   ROOT/<class>/<image>\n"
-            "            softmoe shards synth OUT_PREFIX N [PER_SHARD]       N synthetic 320x240 JPEGs\n"
-            "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 optim.lr=5e-4\n");
+    fprintf(f, "usage: softmoe <command> ... (softmoe <command> --help for one command)\n"
+               "commands:\n");
+    for (size_t i = 0; i < NCMDS; i++) fprintf(f, "  softmoe %s\n", CMDS[i].synopsis);
+    fprintf(f, "example: softmoe train configs/fmnist_softmoe.ini train.steps=100 "
+               "schedule.warmup_steps=20 optim.lr=5e-4\n");
+}
+
+static const Cmd *find_cmd(const char *name) {
+    for (size_t i = 0; i < NCMDS; i++)
+        if (!strcmp(CMDS[i].name, name)) return &CMDS[i];
+    return NULL;
+}
+
+// A user-facing error that every MPI rank may meet at once (a bad config):
+// printed once, by rank 0 (common.h), then the job ends.
+static void user_error(int code, const char *msg) {
+    if (sm_rank_nonzero) sleep(2);
+    fprintf(stderr, "softmoe: error: %s\n", msg);
+    fflush(stderr);
+    if (sm_fatal_exit) sm_fatal_exit(code);
+    exit(code);
+}
+
+static int cmp_str(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+// A config path that does not exist: say which configs do (in its directory,
+// else in configs/), e.g. after `make train CONFIG=vit_s61`.
+static void check_config_path(const char *path) {
+    if (access(path, R_OK) == 0) return;
+    char dir[4096], msg[8192];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    DIR *d = opendir(dir);
+    if (!d) snprintf(dir, sizeof dir, "configs"), d = opendir(dir);
+    int n = snprintf(msg, sizeof msg, "config file '%s' cannot be read (%s)", path, strerror(errno));
+    char *names[256];
+    int k = 0;
+    for (struct dirent *e; d && (e = readdir(d)) && k < 256;) {
+        size_t len = strlen(e->d_name);
+        if (len > 4 && !strcmp(e->d_name + len - 4, ".ini")) names[k++] = strdup(e->d_name);
+    }
+    if (d) closedir(d);
+    qsort(names, (size_t)k, sizeof *names, cmp_str);
+    if (k && n > 0 && (size_t)n < sizeof msg)
+        n += snprintf(msg + n, sizeof msg - (size_t)n, "; configs in %s/:", dir);
+    for (int i = 0; i < k; i++) {
+        if (n > 0 && (size_t)n < sizeof msg)
+            n += snprintf(msg + n, sizeof msg - (size_t)n, " %.*s", (int)strlen(names[i]) - 4, names[i]);
+        free(names[i]);
+    }
+    user_error(2, msg);
 }
 
 static void load_config(Config *c, int argc, char **argv) {
     char err[1024];
+    check_config_path(argv[2]);
     if (config_load(c, argv[2], argc - 3, argv + 3, err, sizeof err) != 0 ||
-        vit_check_config(c, err, sizeof err) != 0) {
-        fprintf(stderr, "softmoe: error: %s\n", err);
-        exit(2);
+        vit_check_config(c, err, sizeof err) != 0)
+        user_error(2, err);
+}
+
+// `softmoe keys [SECTION]`: the key table with its documentation.
+static int cmd_keys(int argc, char **argv) {
+    const char *only = argc > 2 ? argv[2] : NULL;
+    int shown = 0;
+    for (int i = 0; i < config_nkeys(); i++) {
+        ConfigKeyInfo k;
+        config_key_info(i, &k);
+        if (only && strcmp(only, k.section)) continue;
+        char name[128];
+        snprintf(name, sizeof name, "%s.%s", k.section, k.key);
+        const char *doc = config_key_doc(k.section, k.key);
+        printf("%-24s %-8s %-12s %s%s%s%s\n", name, k.type, k.def[0] ? k.def : "\"\"",
+               doc ? doc : "(undocumented)", k.choices ? " [" : "", k.choices ? k.choices : "",
+               k.choices ? "]" : "");
+        shown++;
+        if (!strcmp(k.section, "fewshot") && !strcmp(k.key, "per_class"))
+            printf("%-24s %-8s %-12s %s\n", "fewshot.<name>", "string", "\"\"",
+                   "a few-shot dataset: <train source>|<test source>; empty removes the set");
     }
+    if (!shown) {
+        fprintf(stderr, "softmoe: error: no config section [%s]\n", only);
+        return 2;
+    }
+    return 0;
 }
 
 // Which group a tensor's parameters count towards in `softmoe params`.
@@ -126,7 +239,7 @@ static int cmd_shards(int argc, char **argv) {
     if (argc < 5 || (strcmp(argv[2], "fmnist") && strcmp(argv[2], "folder") &&
                      strcmp(argv[2], "synth"))) {
         fprintf(stderr, "softmoe: error: usage: softmoe shards fmnist IDX_DIR OUT_DIR [PER_SHARD]"
-                        " | softmoe shards folder ROOT OUT_PREFIX [PER_SHARD]"
+                        " | softmoe shards folder ROOT OUT_PREFIX [PER_SHARD [SEED]]"
                         " | softmoe shards synth OUT_PREFIX N [PER_SHARD]\n");
         return 2;
     }
@@ -148,9 +261,11 @@ static int cmd_shards(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[2], "folder")) {
-        long n = shards_write_folder(argv[3], argv[4], per, err, sizeof err);
+        uint64_t seed = argc > 6 ? strtoull(argv[6], NULL, 10) : 0;
+        long n = shards_write_folder(argv[3], argv[4], per, seed, err, sizeof err);
         if (n < 0) sm_die("%s", err);
-        printf("wrote %ld samples from %s to %s-*.tar\n", n, argv[3], argv[4]);
+        printf("wrote %ld samples from %s to %s-*.tar (shuffled, seed %llu) and classes.txt beside "
+               "them\n", n, argv[3], argv[4], (unsigned long long)seed);
         return 0;
     }
     const char *split[2][2] = {{"train", "train"}, {"t10k", "test"}};
@@ -160,6 +275,12 @@ static int cmd_shards(int argc, char **argv) {
         if (n < 0) sm_die("%s", err);
         printf("wrote %ld %s samples to %s-*.tar\n", n, split[i][1], prefix);
     }
+    // Fashion-MNIST's label names (its README), for predict and warnings
+    char *names[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                     "Sneaker", "Bag", "Ankle boot"};
+    snprintf(prefix, sizeof prefix, "%s/classes.txt", argv[4]);
+    if (classes_write(prefix, names, 10, err, sizeof err) != 0) sm_die("%s", err);
+    printf("wrote %s\n", prefix);
     return 0;
 }
 
@@ -171,6 +292,7 @@ static int cmd_eval(int argc, char **argv) {
     }
     const char *src = argv[2];
     int from_ini = strlen(src) > 4 && !strcmp(src + strlen(src) - 4, ".ini");
+    if (from_ini) check_config_path(src);
     char err[1024], cfgpath[] = "/tmp/softmoe-eval-XXXXXX";
     CkptInfo info = {0};
     if (!from_ini) {
@@ -222,12 +344,59 @@ static int cmd_eval(int argc, char **argv) {
     return 0;
 }
 
+// `softmoe export CKPT.h5 OUT.npz`: parameters under vmoe's names.
+static int cmd_export(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "softmoe: error: usage: softmoe export CKPT.h5 OUT.npz\n");
+        return 2;
+    }
+    Config c;
+    long step;
+    char err[1024];
+    if (predict_ckpt_config(argv[2], 0, NULL, &c, &step, err, sizeof err) != 0) {
+        fprintf(stderr, "softmoe: error: %s\n", err);
+        return 1;
+    }
+    Vit m;
+    vit_build(&m, &c);
+    m.params = sm_aligned(m.pt.total * sizeof(float));
+    CkptInfo info = {0};
+    if (ckpt_load(argv[2], &m.pt, m.params, NULL, NULL, &info, err, sizeof err) != 0 ||
+        npz_write_params(argv[3], &m.pt, m.params, err, sizeof err) != 0) {
+        fprintf(stderr, "softmoe: error: %s\n", err);
+        return 1;
+    }
+    ckpt_info_free(&info);
+    printf("wrote %d arrays (%zu parameters, step %ld) to %s\n", m.pt.n, ptable_global_total(&m.pt),
+           step, argv[3]);
+    free(m.params);
+    ptable_free(&m.pt);
+    return 0;
+}
+
 static int run(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+        (!strcmp(argv[1], "help") && argc < 3)) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    // softmoe CMD --help, softmoe help CMD
+    int want_help = !strcmp(cmd, "help") || (argc > 2 && (!strcmp(argv[2], "--help") ||
+                                                          !strcmp(argv[2], "-h")));
+    if (want_help) {
+        const Cmd *h = find_cmd(!strcmp(cmd, "help") ? argv[2] : cmd);
+        if (!h) {
+            fprintf(stderr, "softmoe: error: unknown command '%s'\n", !strcmp(cmd, "help") ? argv[2] : cmd);
+            usage(stderr);
+            return 2;
+        }
+        printf("usage: softmoe %s\n%s", h->synopsis, h->help);
+        return 0;
+    }
+    if (!strcmp(cmd, "keys")) return cmd_keys(argc, argv);
+    if (!strcmp(cmd, "predict")) return predict_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "export")) return cmd_export(argc, argv);
     if (!strcmp(cmd, "shards")) return cmd_shards(argc, argv);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc, argv);
     if (!strcmp(cmd, "inspect")) {

@@ -715,6 +715,57 @@ static void put_file(const char *rel, const void *p, size_t n) {
     write_blob(tpath(rel), 0, p, n);
 }
 
+// Labels of the samples of a folder written with seed, shard by shard.
+static void folder_labels(const char *prefix, int *labels, int nshards, int per) {
+    for (int k = 0; k < nshards; k++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s-%06d.tar", prefix, k);
+        Got g[16];
+        int n;
+        ck_assert_msg(read_all(path, g, 16, &n) == 0, "%s", err);
+        ck_assert_int_eq(n, per);
+        for (int i = 0; i < n; i++) labels[k * per + i] = g[i].s.labels[0];
+        free_got(g, n);
+    }
+}
+
+START_TEST(test_write_folder_shuffled) {
+    // two classes of 20 images, 10 per shard: in class order shards 0-1
+    // would hold only class 0 and shards 2-3 only class 1
+    ck_assert_int_eq(mkdir(tpath("two"), 0755), 0);
+    ck_assert_int_eq(mkdir(tpath("two/a"), 0755), 0);
+    ck_assert_int_eq(mkdir(tpath("two/b"), 0755), 0);
+    unsigned char *img = make_bytes(7, 64);
+    for (int i = 0; i < 40; i++) {
+        char rel[64];
+        snprintf(rel, sizeof rel, "two/%c/%02d.png", i < 20 ? 'a' : 'b', i);
+        put_file(rel, img, 64);
+    }
+    free(img);
+    char p1[600], p2[600], p3[600];
+    snprintf(p1, sizeof p1, "%s/s1/f", dir);
+    snprintf(p2, sizeof p2, "%s/s2/f", dir);
+    snprintf(p3, sizeof p3, "%s/s3/f", dir);
+    ck_assert_int_eq(shards_write_folder(tpath("two"), p1, 10, 0, err, sizeof err), 40);
+    ck_assert_int_eq(shards_write_folder(tpath("two"), p2, 10, 0, err, sizeof err), 40);
+    ck_assert_int_eq(shards_write_folder(tpath("two"), p3, 10, 1, err, sizeof err), 40);
+    int l1[40], l2[40], l3[40];
+    folder_labels(p1, l1, 4, 10);
+    folder_labels(p2, l2, 4, 10);
+    folder_labels(p3, l3, 4, 10);
+    ck_assert_int_eq(memcmp(l1, l2, sizeof l1), 0);   // same seed, same order
+    ck_assert_int_ne(memcmp(l1, l3, sizeof l1), 0);   // another seed, another order
+    int ones = 0;
+    for (int k = 0; k < 4; k++) {
+        int c1 = 0;
+        for (int i = 0; i < 10; i++) c1 += l1[k * 10 + i];
+        ck_assert_msg(c1 > 0 && c1 < 10, "shard %d holds one class only", k);
+        ones += c1;
+    }
+    ck_assert_int_eq(ones, 20);
+}
+END_TEST
+
 START_TEST(test_write_folder) {
     const char *dirs[] = {"root", "root/cat", "root/dog", "root/bird", "root/.hidden"};
     for (int i = 0; i < 5; i++) ck_assert_int_eq(mkdir(tpath(dirs[i]), 0755), 0);
@@ -727,47 +778,67 @@ START_TEST(test_write_folder) {
     put_file("root/readme.txt", "not a class", 11);
     char prefix[600];
     snprintf(prefix, sizeof prefix, "%s/fo/f", dir);
-    ck_assert_int_eq(shards_write_folder(tpath("root"), prefix, 2, err, sizeof err), 3);
+    ck_assert_int_eq(shards_write_folder(tpath("root"), prefix, 2, 0, err, sizeof err), 3);
 
     // bird (empty) = 0, cat = 1, dog = 2: an empty class keeps its index.
-    Got g[3];
-    int n;
-    ck_assert_msg(read_all(tpath("fo/f-000000.tar"), g, 3, &n) == 0, "%s", err);
-    ck_assert_int_eq(n, 2);
-    ck_assert_str_eq(g[0].s.key, "0000000");
-    assert_img(&g[0], a, 200);
-    assert_labels(&g[0], 1, (int[]){1});
-    ck_assert_str_eq(g[1].s.key, "0000001");
-    assert_img(&g[1], b, 300);
-    assert_labels(&g[1], 1, (int[]){1});
-    free_got(g, n);
-    ck_assert_msg(read_all(tpath("fo/f-000001.tar"), g, 3, &n) == 0, "%s", err);
-    ck_assert_int_eq(n, 1);
-    assert_img(&g[0], x, 50);
-    assert_labels(&g[0], 1, (int[]){2});
-    free_got(g, n);
+    // The samples are permuted across the shards: 2 in the first, 1 in the
+    // second, each image once with its class, keys in writing order.
+    Got g[4];
+    int n0, n1;
+    ck_assert_msg(read_all(tpath("fo/f-000000.tar"), g, 3, &n0) == 0, "%s", err);
+    ck_assert_int_eq(n0, 2);
+    ck_assert_msg(read_all(tpath("fo/f-000001.tar"), g + n0, 2, &n1) == 0, "%s", err);
+    ck_assert_int_eq(n1, 1);
     ck_assert(!exists(tpath("fo/f-000002.tar")));
+    const struct { unsigned char *bytes; size_t len; int label; const char *ext; } want[] = {
+        {a, 200, 1, "png"}, {b, 300, 1, "jpg"}, {x, 50, 2, "jpeg"}};
+    int seen[3] = {0, 0, 0};
+    for (int i = 0; i < 3; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "%07d", i);
+        ck_assert_str_eq(g[i].s.key, key);
+        for (int k = 0; k < 3; k++) {
+            if (g[i].s.img_len != want[k].len) continue;
+            assert_img(&g[i], want[k].bytes, want[k].len);
+            assert_labels(&g[i], 1, (int[]){want[k].label});
+            seen[k]++;
+        }
+    }
+    ck_assert_msg(seen[0] == 1 && seen[1] == 1 && seen[2] == 1, "each image once");
+    free_got(g, 3);
+
+    // classes.txt beside the shards: every class directory, sorted, one a line
+    FILE *cf = fopen(tpath("fo/classes.txt"), "r");
+    ck_assert_ptr_nonnull(cf);
+    char ctext[64] = "";
+    size_t cn = fread(ctext, 1, sizeof ctext - 1, cf);
+    fclose(cf);
+    ctext[cn] = '\0';
+    ck_assert_str_eq(ctext, "bird\ncat\ndog\n");
 
     // Member names keep the lowercased extension.
     struct archive *ar = archive_read_new();
     struct archive_entry *e;
     ck_assert_int_eq(archive_read_support_format_tar(ar), ARCHIVE_OK);
     ck_assert_int_eq(archive_read_open_filename(ar, tpath("fo/f-000000.tar"), 4096), ARCHIVE_OK);
-    const char *names[] = {"0000000.png", "0000000.cls", "0000001.jpg", "0000001.cls"};
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 2; i++) {
         ck_assert_int_eq(archive_read_next_header(ar, &e), ARCHIVE_OK);
-        ck_assert_str_eq(archive_entry_pathname(e), names[i]);
+        const char *nm = archive_entry_pathname(e), *dot = strrchr(nm, '.');
+        ck_assert_msg(dot && (!strcmp(dot, ".png") || !strcmp(dot, ".jpg") || !strcmp(dot, ".jpeg")),
+                      "member %s", nm);
+        ck_assert_int_eq(archive_read_next_header(ar, &e), ARCHIVE_OK);
+        ck_assert_str_eq(strrchr(archive_entry_pathname(e), '.'), ".cls");
     }
     ck_assert_int_eq(archive_read_next_header(ar, &e), ARCHIVE_EOF);
     ck_assert_int_eq(archive_read_free(ar), ARCHIVE_OK);
 
-    ck_assert_int_eq(shards_write_folder(tpath("nope"), prefix, 2, err, sizeof err), -1);
+    ck_assert_int_eq(shards_write_folder(tpath("nope"), prefix, 2, 0, err, sizeof err), -1);
     ASSERT_HAS(err, tpath("nope"));
-    ck_assert_int_eq(shards_write_folder(tpath("root/dog"), prefix, 2, err, sizeof err), -1);
+    ck_assert_int_eq(shards_write_folder(tpath("root/dog"), prefix, 2, 0, err, sizeof err), -1);
     ASSERT_HAS(err, "no class directories");
     ck_assert_int_eq(mkdir(tpath("bare"), 0755), 0);
     ck_assert_int_eq(mkdir(tpath("bare/c"), 0755), 0);
-    ck_assert_int_eq(shards_write_folder(tpath("bare"), prefix, 2, err, sizeof err), -1);
+    ck_assert_int_eq(shards_write_folder(tpath("bare"), prefix, 2, 0, err, sizeof err), -1);
     ASSERT_HAS(err, "no .jpg");
     free(a), free(b), free(x);
 }
@@ -837,6 +908,7 @@ static Suite *shards_suite(void) {
     tcase_add_test(tc, test_write_idx);
     tcase_add_test(tc, test_write_idx_errors);
     tcase_add_test(tc, test_write_folder);
+    tcase_add_test(tc, test_write_folder_shuffled);
     tcase_add_test(tc, test_fmnist_t10k);
     suite_add_tcase(s, tc);
     return s;

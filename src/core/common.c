@@ -7,18 +7,35 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <signal.h>
+#include <unistd.h>
 
 char sm_rank_tag[32];
 void (*sm_fatal_exit)(int code);
 
+int sm_rank_nonzero;
+
 void sm_die_at(const char *file, int line, const char *fmt, ...) {
     fflush(stdout);
+    // Under MPI an error in the input (a path, a setting) stops every rank at
+    // once. Rank 0 reports at once and its abort ends the job; the others
+    // wait a moment first, so such an error is printed once, while an error
+    // of one rank alone is still reported by that rank, 2 s later. The abort
+    // reaches them as SIGTERM, which training catches (preemption): back to
+    // the default action, or it would only cut the wait short.
+    if (sm_rank_nonzero) {
+        signal(SIGTERM, SIG_DFL);
+        sleep(2);
+    }
     fprintf(stderr, "softmoe: error: %s", sm_rank_tag);
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\n  (at %s:%d)\n", file, line);
+    // The source location helps developers, not users: SOFTMOE_DEBUG=1 adds it.
+    const char *dbg = getenv("SOFTMOE_DEBUG");
+    if (dbg && strcmp(dbg, "0")) fprintf(stderr, "\n  (at %s:%d)", file, line);
+    fputc('\n', stderr);
     fflush(stderr);
     if (sm_fatal_exit) sm_fatal_exit(1);
     exit(1);

@@ -6,7 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-// Prints "softmoe: error: <msg>" plus the source location and exits 1.
+// Prints "softmoe: error: <msg>" (plus the source location when
+// SOFTMOE_DEBUG=1) and exits 1.
 void sm_die_at(const char *file, int line, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 3, 4)));
 #define sm_die(...) sm_die_at(__FILE__, __LINE__, __VA_ARGS__)
@@ -15,6 +16,9 @@ void sm_die_at(const char *file, int line, const char *fmt, ...)
 // other rank waits forever in a collective).
 extern char sm_rank_tag[32];
 extern void (*sm_fatal_exit)(int code);
+// Set by the MPI layer on ranks other than 0: their fatal messages wait 2 s,
+// so that an error every rank meets is printed once, by rank 0.
+extern int sm_rank_nonzero;
 
 // Assertions that stay on in release builds (ggml's habit).
 #define SM_CHECK(cond, ...) \

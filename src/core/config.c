@@ -66,6 +66,7 @@ static const KeyDef KEYS[] = {
     {"data", "source", T_ENUM, F(source), "synthetic", "synthetic|shards|folder", NOMIN},
     {"data", "train", T_STR, F(train), "", NULL, NOMIN},
     {"data", "val", T_STR, F(val), "", NULL, NOMIN},
+    {"data", "val_labels", T_STR, F(val_labels), "", NULL, NOMIN},
     {"data", "pp_train", T_STR, F(pp_train), "inception_crop(224)|flip_lr|value_range(-1,1)", NULL, NOMIN},
     {"data", "pp_eval", T_STR, F(pp_eval), "resize_small(256)|central_crop(224)|value_range(-1,1)", NULL, NOMIN},
     {"data", "threads", T_INT, F(threads), "2", NULL, 1},
@@ -95,6 +96,7 @@ static const KeyDef KEYS[] = {
     {"train", "allow_oversubscribe_memory", T_BOOL, F(allow_oversubscribe_memory), "false", NULL, NOMIN},
     {"eval", "every", T_INT, F(eval_every), "0", NULL, 0},
     {"eval", "batch_size", T_INT, F(eval_batch_size), "64", NULL, 1},
+    {"eval", "synthetic_images", T_INT, F(eval_synthetic), "1024", NULL, 1},
     {"fewshot", "every", T_INT, F(fewshot_every), "0", NULL, 0},
     {"fewshot", "shots", T_STR, F(fewshot_shots), "1,5,10,25", NULL, NOMIN},
     {"fewshot", "seeds", T_INT, F(fewshot_seeds), "3", NULL, 1},
@@ -344,9 +346,25 @@ static int find_key(const char *section, const char *key, const char *origin, in
     return fail(err, errlen, origin, line, "unknown key '%s'", name);
 }
 
-// fewshot.<name> = <train source>|<test source>: one per few-shot dataset.
+// fewshot.<name> = <train source>|<test source>: one per few-shot dataset;
+// an empty value removes the set (e.g. `fewshot.fmnist=` on the command line).
 static int set_fewshot_set(Config *c, const char *key, const char *value, const char *origin,
                            int line, char *err, size_t errlen) {
+    if (!value[0]) {
+        for (int i = 0; i < c->n_fewshot; i++) {
+            if (strcmp(c->fewshot_name[i], key)) continue;
+            for (int j = i + 1; j < c->n_fewshot; j++) {
+                memcpy(c->fewshot_name[j - 1], c->fewshot_name[j], sizeof c->fewshot_name[j]);
+                memcpy(c->fewshot_data[j - 1], c->fewshot_data[j], sizeof c->fewshot_data[j]);
+            }
+            c->n_fewshot--;
+            // zeroed, so that configs with the same sets compare equal with memcmp
+            memset(c->fewshot_name[c->n_fewshot], 0, sizeof c->fewshot_name[0]);
+            memset(c->fewshot_data[c->n_fewshot], 0, sizeof c->fewshot_data[0]);
+            return 0;
+        }
+        return 0;  // removing a set that is not there leaves nothing to do
+    }
     const char *bar = strchr(value, '|');
     if (!bar || bar == value || !bar[1] || strchr(bar + 1, '|'))
         return fail(err, errlen, origin, line,
@@ -683,9 +701,32 @@ static int validate_ranges(const Config *c, const char *o, char *err, size_t err
     return 0;
 }
 
+// A comma-separated list of at most max numbers, each > 0 (and whole when
+// integers): fewshot.shots and fewshot.l2_sweep.
+static int check_list(const char *s, const char *name, int integers, int max, const char *o,
+                      char *err, size_t errlen) {
+    int n = 0;
+    for (const char *p = s; *p;) {
+        char *end;
+        double v = strtod(p, &end);
+        while (*end == ' ') end++;
+        if (end == p || (*end && *end != ',') || !(v > 0) || (integers && v != floor(v)))
+            return fail(err, errlen, o, 0, "%s = '%s' is not a comma-separated list of positive "
+                        "%s (e.g. %s)", name, s, integers ? "integers" : "numbers",
+                        integers ? "1,5,10,25" : "1,32,1024");
+        if (++n > max) return fail(err, errlen, o, 0, "%s lists more than %d values", name, max);
+        p = *end ? end + 1 : end;
+        while (*p == ' ') p++;
+    }
+    return 0;
+}
+
 // The rules that tie keys together, checked once everything is resolved.
 static int validate(const Config *c, const char *o, char *err, size_t errlen) {
     if (validate_ranges(c, o, err, errlen) != 0) return -1;
+    if (check_list(c->fewshot_shots, "fewshot.shots", 1, 16, o, err, errlen) != 0 ||
+        check_list(c->fewshot_l2_sweep, "fewshot.l2_sweep", 0, 32, o, err, errlen) != 0)
+        return -1;
     if (c->width % c->heads)
         return fail(err, errlen, o, 0, "model.width = %d is not divisible by model.heads = %d",
                     c->width, c->heads);
@@ -702,12 +743,16 @@ static int validate(const Config *c, const char *o, char *err, size_t errlen) {
     if (c->eps <= 0) return fail(err, errlen, o, 0, "optim.eps = %g must be > 0", c->eps);
     if (c->timescale <= 0)
         return fail(err, errlen, o, 0, "schedule.timescale = %g must be > 0", c->timescale);
+    // A short run of a long recipe: say which overrides make it consistent.
     if (c->cooldown_steps > c->steps)
-        return fail(err, errlen, o, 0, "schedule.cooldown_steps = %ld exceeds train.steps = %ld",
-                    c->cooldown_steps, c->steps);
+        return fail(err, errlen, o, 0, "schedule.cooldown_steps = %ld exceeds train.steps = %ld "
+                    "(for a short run scale the schedule too, e.g. schedule.cooldown_steps=%ld "
+                    "schedule.warmup_steps=%ld)", c->cooldown_steps, c->steps, c->steps / 5,
+                    c->warmup_steps < c->steps / 5 ? c->warmup_steps : c->steps / 5);
     if (c->steps > 0 && c->warmup_steps > c->steps)
-        return fail(err, errlen, o, 0, "schedule.warmup_steps = %ld exceeds train.steps = %ld",
-                    c->warmup_steps, c->steps);
+        return fail(err, errlen, o, 0, "schedule.warmup_steps = %ld exceeds train.steps = %ld "
+                    "(for a short run scale the schedule too, e.g. schedule.warmup_steps=%ld)",
+                    c->warmup_steps, c->steps, c->steps / 5);
     return 0;
 }
 
@@ -852,4 +897,17 @@ int config_write(const Config *c, const char *path) {
     free(text);
     errno = saved;
     return rc;
+}
+
+// ---------------------------------------------------------------- key list
+
+int config_nkeys(void) { return (int)NKEYS; }
+
+void config_key_info(int i, ConfigKeyInfo *out) {
+    static const char *type_name[] = {
+        [T_INT] = "int", [T_LONG] = "int", [T_U64] = "uint64", [T_DOUBLE] = "number",
+        [T_BOOL] = "bool", [T_STR] = "string", [T_ENUM] = "enum", [T_SLOTS] = "int|auto",
+        [T_VARIANT] = "variant"};
+    const KeyDef *k = &KEYS[i];
+    *out = (ConfigKeyInfo){k->section, k->key, type_name[k->type], k->def, k->choices};
 }

@@ -1,4 +1,4 @@
-// The run configuration: every key of DESIGN.md's config files, typed, with
+// The run configuration: every key of the config files (softmoe keys), typed, with
 // defaults. Parsed from INI files with libinih (config.c), `include = base.ini`
 // pulls a base file first, `section.key=value` overrides come last. Unknown
 // sections/keys and unparsable values stop the program naming file:line:key.
@@ -47,6 +47,7 @@ typedef struct {
     char source[CFG_STR];        // synthetic | shards | folder
     char train[CFG_PATH];
     char val[CFG_PATH];
+    char val_labels[CFG_PATH];   // labels file of a flat validation folder
     char pp_train[CFG_STR];
     char pp_eval[CFG_STR];
     int threads;
@@ -81,6 +82,7 @@ typedef struct {
     // [eval]
     int eval_every;
     int eval_batch_size;
+    int eval_synthetic;          // held-out images of data.source = synthetic
 
     // [fewshot]
     int fewshot_every;
@@ -120,3 +122,13 @@ int config_set(Config *c, const char *section, const char *key, const char *valu
 size_t config_to_ini(const Config *c, char *buf, size_t buflen);
 // Writes it to a file; returns 0 or -1 with errno set.
 int config_write(const Config *c, const char *path);
+
+// The key table, for `softmoe keys`: section, key, type name ("int",
+// "number", "bool", "string", "enum", ...), default as INI text, and for
+// enums the choices "a|b|c" (else NULL).
+typedef struct { const char *section, *key, *type, *def, *choices; } ConfigKeyInfo;
+int config_nkeys(void);
+void config_key_info(int i, ConfigKeyInfo *out);
+// One line of documentation per key (config_doc.c); NULL for a key without.
+const char *config_key_doc(const char *section, const char *key);
+int config_doc_count(void);  // lines in the doc list (each must name a key)

@@ -4,6 +4,7 @@
 // numbered samples into preprocessed floats in a ring; loader_next takes the
 // ring in stream order, skipping samples that failed.
 #include "loader.h"
+#include "folder.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -69,32 +70,6 @@ static void raw_free(Raw *r) {
 
 // ---- sources ----
 
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int list_dir(const char *dir, char ***names, int *n, int want_dirs) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    int cap = 64;
-    *names = sm_malloc((size_t)cap * sizeof(char *));
-    *n = 0;
-    struct dirent *e;
-    char path[4096];
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (stat(path, &st) != 0 || (S_ISDIR(st.st_mode) ? 1 : 0) != want_dirs) continue;
-        if (*n == cap) *names = realloc(*names, (size_t)(cap *= 2) * sizeof(char *));
-        SM_CHECK(*names, "out of memory listing '%s'", dir);
-        (*names)[(*n)++] = strdup(e->d_name);
-    }
-    closedir(d);
-    qsort(*names, (size_t)*n, sizeof(char *), cmp_str);
-    return 0;
-}
-
 static int add_unit(Loader *l, int *cap, char *path, int label) {
     if (l->nunits == *cap) {
         *cap = *cap ? 2 * *cap : 256;
@@ -106,40 +81,14 @@ static int add_unit(Loader *l, int *cap, char *path, int label) {
 }
 
 static int open_folder(Loader *l, char *err, size_t n) {
-    char **classes;
-    int nc, cap = 0;
-    if (list_dir(l->sp.paths, &classes, &nc, 1) != 0) {
-        snprintf(err, n, "data: cannot read image folder '%s'", l->sp.paths);
-        return -1;
-    }
-    for (int c = 0; c < nc; c++) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s/%s", l->sp.paths, classes[c]);
-        char **files;
-        int nf;
-        if (list_dir(dir, &files, &nf, 0) == 0) {
-            for (int i = 0; i < nf; i++) {
-                if (l->sp.per_class <= 0 || i < l->sp.per_class) {
-                    char *p = sm_malloc(strlen(dir) + strlen(files[i]) + 2);
-                    sprintf(p, "%s/%s", dir, files[i]);
-                    add_unit(l, &cap, p, c);
-                }
-                free(files[i]);
-            }
-            free(files);
-        }
-        free(classes[c]);
-    }
-    free(classes);
-    if (l->nunits == 0) {
-        snprintf(err, n, "data: image folder '%s' has no images in class subfolders", l->sp.paths);
-        return -1;
-    }
-    if (l->sp.K > 0 && nc > l->sp.K) {
-        snprintf(err, n, "data: folder '%s' has %d classes but model.classes = %d", l->sp.paths,
-                 nc, l->sp.K);
-        return -1;
-    }
+    FolderSpec fs = {.root = l->sp.paths, .names = l->sp.class_names, .nnames = l->sp.nclass_names,
+                     .names_from = l->sp.names_from, .labels = l->sp.labels,
+                     .per_class = l->sp.per_class, .K = l->sp.K, .warn = l->sp.rank == 0};
+    FolderFile *files;
+    int nf, cap = 0;
+    if (folder_list(&fs, &files, &nf, err, n) != 0) return -1;
+    for (int i = 0; i < nf; i++) add_unit(l, &cap, files[i].path, files[i].label);
+    free(files);  // the paths now belong to the units
     return 0;
 }
 

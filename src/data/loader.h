@@ -28,6 +28,12 @@ typedef struct {
     int train;              // 1: shuffle, repeat epochs; 0: one pass in order
     int quiet;              // no skip log lines
     int per_class;          // folder source: at most this many images per class (0: all)
+    // folder source: class index = position of the subfolder's name here
+    // (the training classes); NULL: the folder's own sorted subfolders
+    char *const *class_names;
+    int nclass_names;
+    const char *names_from; // where class_names came from (for the warning)
+    const char *labels;     // flat folder: labels file (data.val_labels), else NULL
 } LoaderSpec;
 
 typedef struct {

@@ -1,4 +1,4 @@
-// WebDataset tar shards (DESIGN.md "Data: image shards"): brace-pattern shard
+// WebDataset tar shards (docs/formats.md "Image shards"): brace-pattern shard
 // lists, sequential reading with libarchive (plain tar, .tar.gz, .tar.zst),
 // samples = runs of adjacent members sharing the name up to the first dot.
 // Also the `softmoe shards` writer (shards_write.c).
@@ -62,9 +62,11 @@ int shards_parse_labels(const char *txt, size_t len, int *labels, int max);
 // "t10k" picks the idx file pair in dir. Returns the number of samples, or -1.
 long shards_write_idx(const char *dir, const char *split, const char *prefix, int per_shard,
                       char *err, size_t errlen);
-// Writes an image folder root/<class>/<image> (classes in sorted order,
-// images sorted by name) as shards; image bytes copied as they are.
-long shards_write_folder(const char *root, const char *prefix, int per_shard, char *err,
+// Writes an image folder root/<class>/<image> as shards (labels: classes in
+// sorted order), the samples permuted across the shards by seed, image bytes
+// copied as they are; and classes.txt (line i = class i) beside the shards.
+long shards_write_folder(const char *root, const char *prefix, int per_shard, uint64_t seed,
+                         char *err,
                          size_t errlen);
 
 // A shard writer for other modules: samples KEY.<ext> + KEY.cls, per_shard a

@@ -4,6 +4,8 @@
 #include "shards.h"
 
 #include "../core/common.h"
+#include "../core/rng.h"
+#include "classes.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -401,50 +403,89 @@ static int read_file(const char *path, unsigned char **buf, size_t *cap, size_t 
     return 0;
 }
 
-// Writes the images of one class directory with the given label.
-static int folder_class(ShardWriter *w, const char *dir, int label, unsigned char **buf,
-                        size_t *cap) {
+// One image of a folder to be written: its path and class.
+typedef struct { char *path; int label; } FolderItem;
+typedef struct { FolderItem *v; size_t n, cap; } FolderItems;
+
+// Lists the images of one class directory with the given label.
+static int folder_class(FolderItems *it, const char *dir, int label, char *err, size_t errlen) {
     Names files;
-    if (list_dir(dir, 0, &files, w->err, w->errlen) != 0) return -1;
+    if (list_dir(dir, 0, &files, err, errlen) != 0) return -1;
     int rc = 0;
     for (int i = 0; i < files.n && rc == 0; i++) {
-        const char *ext = image_ext(files.v[i]);
         char path[WPATH_MAX];
-        size_t len = 0;
-        if (!ext) continue;
-        if (snprintf(path, sizeof path, "%s/%s", dir, files.v[i]) >= (int)sizeof path)
-            rc = sm_fail(w->err, w->errlen, "path '%s/%s' is too long", dir, files.v[i]);
-        if (rc == 0) rc = read_file(path, buf, cap, &len, w->err, w->errlen);
-        if (rc == 0 && len > SHARD_MAX_MEMBER) {
-            // The reader would drop it as corrupt; say so now instead.
-            fprintf(stderr, "softmoe: warning: skipping '%s': larger than 64 MiB\n", path);
-            continue;
+        if (!image_ext(files.v[i])) continue;
+        if (snprintf(path, sizeof path, "%s/%s", dir, files.v[i]) >= (int)sizeof path) {
+            rc = sm_fail(err, errlen, "path '%s/%s' is too long", dir, files.v[i]);
+            break;
         }
-        if (rc == 0) rc = writer_add(w, ext, *buf, len, label);
+        if (it->n == it->cap) {
+            it->cap = it->cap ? 2 * it->cap : 1024;
+            it->v = realloc(it->v, it->cap * sizeof *it->v);
+            if (!it->v) sm_die("out of memory listing '%s'", dir);
+        }
+        it->v[it->n].path = strdup(path);
+        if (!it->v[it->n].path) sm_die("out of memory listing '%s'", dir);
+        it->v[it->n++].label = label;
     }
     names_free(&files);
     return rc;
 }
 
-long shards_write_folder(const char *root, const char *prefix, int per_shard, char *err,
-                         size_t errlen) {
+// Writes classes.txt (the sorted class names, line i = label i) beside the
+// shards: in the directory of prefix.
+static int write_classes(const char *prefix, const Names *classes, char *err, size_t errlen) {
+    char path[WPATH_MAX];
+    const char *slash = strrchr(prefix, '/');
+    if (slash) snprintf(path, sizeof path, "%.*s/classes.txt", (int)(slash - prefix), prefix);
+    else snprintf(path, sizeof path, "classes.txt");
+    return classes_write(path, classes->v, classes->n, err, errlen);
+}
+
+long shards_write_folder(const char *root, const char *prefix, int per_shard, uint64_t seed,
+                         char *err, size_t errlen) {
     ShardWriter w;
     Names classes;
     if (writer_init(&w, prefix, per_shard, err, errlen) != 0) return -1;
     if (list_dir(root, 1, &classes, err, errlen) != 0) return -1;
-    unsigned char *buf = NULL;
-    size_t cap = 0;
+    FolderItems it = {0};
     int rc = classes.n ? 0 : sm_fail(err, errlen, "'%s' has no class directories", root);
     for (int c = 0; c < classes.n && rc == 0; c++) {
         char dir[WPATH_MAX];
         if (snprintf(dir, sizeof dir, "%s/%s", root, classes.v[c]) >= (int)sizeof dir)
             rc = sm_fail(err, errlen, "path '%s/%s' is too long", root, classes.v[c]);
-        if (rc == 0) rc = folder_class(&w, dir, c, &buf, &cap);
+        if (rc == 0) rc = folder_class(&it, dir, c, err, errlen);
     }
+    // Shards in class order would give every shard one or two classes, and a
+    // shuffle buffer smaller than a class would train on one class at a
+    // time: the samples are permuted (seeded) across all shards.
+    Rng r;
+    rng_seed(&r, seed, 0x5ad5);
+    for (size_t i = it.n; i > 1; i--) {
+        size_t j = rng_below(&r, (uint32_t)i);
+        FolderItem t = it.v[i - 1];
+        it.v[i - 1] = it.v[j], it.v[j] = t;
+    }
+    unsigned char *buf = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < it.n && rc == 0; i++) {
+        size_t len = 0;
+        const char *path = it.v[i].path;
+        rc = read_file(path, &buf, &cap, &len, err, errlen);
+        if (rc == 0 && len > SHARD_MAX_MEMBER) {
+            // The reader would drop it as corrupt; say so now instead.
+            fprintf(stderr, "softmoe: warning: skipping '%s': larger than 64 MiB\n", path);
+            continue;
+        }
+        if (rc == 0) rc = writer_add(&w, image_ext(path), buf, len, it.v[i].label);
+    }
+    for (size_t i = 0; i < it.n; i++) free(it.v[i].path);
+    free(it.v);
     free(buf);
-    names_free(&classes);
     long n = rc == 0 ? writer_finish(&w) : -1;
     if (n < 0) writer_abort(&w);
+    if (n > 0 && write_classes(prefix, &classes, err, errlen) != 0) n = -1;
+    names_free(&classes);
     if (n == 0) return sm_fail(err, errlen, "no .jpg/.jpeg/.png images under '%s'", root);
     return n;
 }

@@ -70,6 +70,7 @@ void dist_init(int *argc, char ***argv) {
     if (g_world > 1) {
         snprintf(sm_rank_tag, sizeof sm_rank_tag, "rank %d of %d: ", g_rank, g_world);
         sm_fatal_exit = abort_all;
+        sm_rank_nonzero = g_rank != 0;
     }
 #else
     (void)argc, (void)argv;

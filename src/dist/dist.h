@@ -1,4 +1,4 @@
-// The MPI world (DESIGN.md "Distributed: MPI"): W ranks, data parallel over
+// The MPI world (README "Distributed training"): W ranks, data parallel over
 // all of them; Soft MoE experts split over expert-parallel groups of `ep`
 // consecutive ranks (ep divides W and E). Ranks r and r + ep hold the same
 // experts (replicas), so their expert gradients are summed over the replicas

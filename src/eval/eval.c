@@ -4,8 +4,10 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../core/common.h"
+#include "../data/classes.h"
 #include "../data/loader.h"
 #include "../dist/dist.h"
 #include "../model/layers.h"
@@ -13,16 +15,83 @@
 
 const char *eval_source_kind(const char *paths) { return strstr(paths, ".tar") ? "shards" : "folder"; }
 
-// Under MPI each rank reads its share of the shards (or folder files).
-static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class) {
+// The loader spec of an evaluation source. Under MPI each rank reads its
+// share of the shards (or folder files). A folder's classes are numbered by
+// the names of the source names_src (of kind names_kind) when it names them:
+// the training data for data.val, a few-shot set's train part for its test
+// part; *names (to free after opening) holds them. labels: a flat folder's file.
+static LoaderSpec eval_spec(const Config *c, const char *paths, int K, int B, int per_class,
+                            const char *names_kind, const char *names_src, const char *labels,
+                            char ***names, int *nnames, char *from, size_t fromlen) {
     LoaderSpec sp = loader_spec_config(c, 0);
-    sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = K, sp.B = m->B;
+    sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = K, sp.B = B;
     sp.quiet = 1, sp.per_class = per_class;
     sp.rank = dist_rank(), sp.world = dist_world();
-    char err[1024];
+    sp.labels = labels && labels[0] ? labels : NULL;
+    *names = NULL, *nnames = 0;
+    if (!strcmp(sp.source, "folder") && names_src && names_src[0] && strcmp(names_src, paths) &&
+        strcmp(names_kind, "synthetic")) {
+        if (classes_of_source(names_kind, names_src, names, nnames) == 0) {
+            snprintf(from, fromlen, "'%s'", names_src);
+            sp.class_names = *names, sp.nclass_names = *nnames, sp.names_from = from;
+        } else if (dist_rank() == 0 && !sp.labels) {
+            // said once: the sources are checked before a run and read again later
+            static char warned[CFG_PATH];
+            if (strcmp(warned, paths)) {
+                snprintf(warned, sizeof warned, "%s", paths);
+                fprintf(stderr, "softmoe: warning: '%s' names no classes (no classes.txt beside "
+                        "its shards, or no folder there): the image folder '%s' is numbered by "
+                        "its sorted subfolders\n", names_src, paths);
+            }
+        }
+    }
+    return sp;
+}
+
+static Loader *open_eval(const Vit *m, const Config *c, const char *paths, int K, int per_class,
+                         const char *names_kind, const char *names_src, const char *labels) {
+    char **names, err[1024], from[CFG_PATH + 32];
+    int nnames;
+    LoaderSpec sp = eval_spec(c, paths, K, m->B, per_class, names_kind, names_src, labels, &names,
+                              &nnames, from, sizeof from);
     Loader *l = loader_open(&sp, err, sizeof err);
+    classes_free(names, nnames);  // used while opening only
     if (!l) sm_die("%s (evaluation data '%s')", err, paths);
     return l;
+}
+
+int eval_check_source(const Config *c, const char *paths, const char *names_src,
+                      const char *labels, char *err, size_t errlen) {
+    char **names, from[CFG_PATH + 32];
+    int nnames;
+    const char *kind = names_src == c->train ? c->source : names_src ? eval_source_kind(names_src) : "";
+    LoaderSpec sp = eval_spec(c, paths, 0, 1, 0, kind, names_src, labels, &names, &nnames, from,
+                              sizeof from);
+    int rc = loader_check(&sp, err, errlen);
+    classes_free(names, nnames);
+    return rc;
+}
+
+// On a terminal (rank 0), one updating line while an evaluation reads its
+// data: a Fashion-MNIST evaluation is otherwise tens of seconds of silence.
+typedef struct { const char *what; double t0, last; long n; int tty; } Progress;
+
+static void progress_start(Progress *p, const char *what) {
+    *p = (Progress){.what = what, .t0 = sm_now(), .tty = dist_rank() == 0 && isatty(2)};
+}
+
+static void progress_add(Progress *p, int got) {
+    p->n += got;
+    double now = sm_now();
+    if (!p->tty || (p->last > 0 && now - p->last < 0.5)) return;
+    p->last = now;
+    fprintf(stderr, "\r\033[Kevaluating %.60s: %ld images (%.0f img/s)", p->what,
+            p->n * dist_world(), p->n * dist_world() / (now - p->t0 + 1e-9));
+    fflush(stderr);
+}
+
+static void progress_end(const Progress *p) {
+    if (p->tty && p->last > 0) fprintf(stderr, "\r\033[K"), fflush(stderr);
 }
 
 // The next evaluation batch of this rank (none once *done), padded so that
@@ -45,21 +114,26 @@ static int next_eval_batch(Loader *l, const Vit *m, float *img, float *tgt, int 
     return B;
 }
 
-int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y) {
+int eval_features(Vit *m, const Config *c, const char *paths, int per_class,
+                  const char *names_src, float **X, int **y) {
     const int D = m->d.D, B = m->B;
     // A few-shot set has its own classes (not model.classes); a label past
     // EVAL_MAX_CLASSES is a damaged sample, skipped and counted by the loader.
-    Loader *l = open_eval(m, c, paths, EVAL_MAX_CLASSES, per_class);
+    Loader *l = open_eval(m, c, paths, EVAL_MAX_CLASSES, per_class,
+                         names_src ? eval_source_kind(names_src) : "", names_src, NULL);
     float *img = sm_aligned((size_t)B * m->d.S * m->d.S * m->d.C * sizeof(float));
     int *lab = sm_malloc((size_t)B * sizeof(int)), *count = NULL, ncount = 0;
     int n = 0, cap = 0, got, full = 0, done = 0, Bs;
     long since_new = 0;  // samples read since a class last gained an image
+    Progress pr;
+    progress_start(&pr, paths);
     float *Xl = NULL;
     int *yl = NULL;
     // Shards carry no class count: with a per-class cap, stop once every
     // class seen is full and 20 caps' worth of samples brought nothing new.
     while ((Bs = next_eval_batch(l, m, img, NULL, lab, &done, &got)) > 0) {
         vit_forward(m, img, NULL, Bs);
+        progress_add(&pr, got);
         for (int b = 0; b < got; b++) {
             int k = lab[b];
             if (k >= ncount) {
@@ -85,6 +159,7 @@ int eval_features(Vit *m, const Config *c, const char *paths, int per_class, flo
         }
         if (per_class > 0 && full == ncount && since_new > 20L * per_class) done = 1;
     }
+    progress_end(&pr);
     loader_close(l);
     free(img), free(lab), free(count);
     // Every rank gets every rank's features (in rank order); the cap is then
@@ -126,18 +201,22 @@ int eval_correct(const float *logits, const float *targets, int B, int K) {
 int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n) {
     if (!c->val[0]) return 0;
     const VitDims *d = &m->d;
-    Loader *l = open_eval(m, c, c->val, d->K, 0);
+    Loader *l = open_eval(m, c, c->val, d->K, 0, c->source, c->train, c->val_labels);
     float *img = sm_aligned((size_t)m->B * d->S * d->S * d->C * sizeof(float));
     float *tgt = sm_malloc((size_t)m->B * d->K * sizeof(float));
     double v[3] = {0, 0, 0};  // correct, seen, loss sum (summed over ranks)
     int Bs, got, done = 0;
+    Progress pr;
+    progress_start(&pr, c->val);
     while ((Bs = next_eval_batch(l, m, img, tgt, NULL, &done, &got)) > 0) {
         vit_forward(m, img, NULL, Bs);
+        progress_add(&pr, got);
         if (got == 0) continue;
         v[2] += loss_forward(NULL, m->a.logits, tgt, got, d->K, d->loss) * got;
         v[0] += eval_correct(m->a.logits, tgt, got, d->K);
         v[1] += got;
     }
+    progress_end(&pr);
     loader_close(l);
     free(img), free(tgt);
     dist_sum(v, 3);
@@ -173,8 +252,8 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
         *test++ = '\0';
         float *Xtr, *Xte;
         int *ytr, *yte, K = 0;
-        int ntr = eval_features(m, c, train, c->fewshot_per_class, &Xtr, &ytr);
-        int nte = eval_features(m, c, test, 0, &Xte, &yte);
+        int ntr = eval_features(m, c, train, c->fewshot_per_class, NULL, &Xtr, &ytr);
+        int nte = eval_features(m, c, test, 0, train, &Xte, &yte);
         for (int i = 0; i < ntr; i++) K = ytr[i] + 1 > K ? ytr[i] + 1 : K;
         for (int i = 0; i < nte; i++) K = yte[i] + 1 > K ? yte[i] + 1 : K;
         if (out) fprintf(out, "{\"step\": %ld", step);

@@ -17,10 +17,20 @@ const char *eval_source_kind(const char *paths);
 
 // Pre-logits features (n, D) and first labels of `paths` read once in order
 // with the eval preprocessing, at most per_class images per class (0: all),
-// in batches of m->B. Under MPI the ranks split the data and every rank gets
-// all features, in rank order (collective). *X, *y malloc'd. Returns n; dies
-// naming the source on errors.
-int eval_features(Vit *m, const Config *c, const char *paths, int per_class, float **X, int **y);
+// in batches of m->B. A folder's classes are numbered by the class names of
+// the source names_src (NULL: its own sorted subfolders), so a test folder
+// matches its train folder by name. Under MPI the ranks split the data and
+// every rank gets all features, in rank order (collective). *X, *y malloc'd.
+// Returns n; dies naming the source on errors.
+int eval_features(Vit *m, const Config *c, const char *paths, int per_class,
+                  const char *names_src, float **X, int **y);
+
+// Checks an evaluation source before any work (exists, has images, a flat
+// folder's labels file resolves), with its classes numbered as the
+// evaluation will: by names_src's class names (c->train for data.val, a
+// few-shot train part for its test part; NULL: none). 0, or -1 with err.
+int eval_check_source(const Config *c, const char *paths, const char *names_src,
+                      const char *labels, char *err, size_t errlen);
 
 // How many of B images have their top logit on one of their labels:
 // logits and targets (B,K).

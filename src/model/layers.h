@@ -1,5 +1,5 @@
 // The kernels the ViT is built from, each forward beside its backward.
-// Letters (DESIGN.md): B images, N tokens, D width, H heads, Dh = D/H,
+// Letters (docs/maths.md): B images, N tokens, D width, H heads, Dh = D/H,
 // M mlp width, K classes, R = rows of a flattened (B*N, ...) activation.
 // Signatures follow llm.c: outputs, saved-for-backward, inputs, weights, sizes.
 // Rule: every backward ACCUMULATES (+=) into all of its gradient outputs,

@@ -1,5 +1,5 @@
 // The parameter table: every tensor of the model, with its checkpoint name
-// (vmoe/big_vision naming, DESIGN.md), shape, init rule and offset into one
+// (vmoe/big_vision naming, docs/formats.md), shape, init rule and offset into one
 // contiguous float block. Params, grads and Adam moments are each one block
 // with the same layout, so the optimiser is one loop, an allreduce is one
 // call and a checkpoint is one table walk.

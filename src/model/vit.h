@@ -129,7 +129,7 @@ void vit_build(Vit *m, const Config *c);
 // in bf16 also plans every product of a B-image step (gemm.h).
 void vit_alloc(Vit *m, int B);
 void vit_free(Vit *m);
-// Draws the initial parameters (DESIGN.md init rules) from the seed.
+// Draws the initial parameters (docs/maths.md init rules) from the seed.
 void vit_init(Vit *m, uint64_t seed);
 // images (B,S,S,C); targets (B,K) or NULL. Fills logits and pre-logits;
 // returns the mean loss (0 without targets), without the auxiliary loss,

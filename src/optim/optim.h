@@ -1,4 +1,4 @@
-// The optimiser (DESIGN.md "Optimiser and schedule"): the learning-rate
+// The optimiser (docs/maths.md "Optimiser and schedule"): the learning-rate
 // schedule as a pure function of the step, per-tensor weight decay chosen by
 // name patterns, global-norm gradient clipping and the Adam update over the
 // parameter block. Everything here is deterministic for any thread count.

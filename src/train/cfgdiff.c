@@ -54,7 +54,7 @@ static int harmless(const char *key) {
                                  "train.init", "train.resume", "train.allow_config_change",
                                  "train.allow_oversubscribe_memory", "train.microbatch",
                                  "train.precision",
-                                 "data.val", "data.pp_eval", "data.threads"};
+                                 "data.val", "data.val_labels", "data.pp_eval", "data.threads"};
     static const char *sections[] = {"eval.", "fewshot.", "dist.", "bench.", "debug."};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (!strcmp(key, keys[i])) return 1;

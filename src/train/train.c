@@ -22,6 +22,7 @@
 #include "cfgdiff.h"
 #include "ckpt.h"
 #include "memory.h"
+#include "npz.h"
 
 // The held-out split of the synthetic task lives far from the train indices.
 #define SYN_VAL_OFFSET (1ULL << 40)
@@ -182,9 +183,27 @@ static void adapt_tensor(Trainer *t, const ParamSpec *s, const float *src, int n
            "config's shape %s", path, s->name, got, want);
 }
 
+// train.init = FILE.npz (big_vision / vision_transformer / vmoe names): the
+// arrays through the same adaptation as an .h5 (npz.c).
+typedef struct { Trainer *t; int quiet; } NpzCtx;
+static void npz_adapt(void *ctx, const ParamSpec *s, const float *src, int nd, const long *dims,
+                      const char *path) {
+    NpzCtx *x = ctx;
+    adapt_tensor(x->t, s, src, nd, dims, path, x->quiet);
+}
+
 // train.init: parameters from another checkpoint (no optimiser state, step 0).
 static void init_params(Trainer *t, const char *path, int quiet) {
     char name[PARAM_NAME + 16], err[1024];
+    size_t len = strlen(path);
+    if (len > 4 && !strcmp(path + len - 4, ".npz")) {
+        NpzCtx x = {t, quiet};
+        if (npz_load_params(path, &t->m.pt, t->m.params, t->m.d.pool == POOL_TOK, npz_adapt, &x,
+                            err, sizeof err) != 0)
+            sm_die("%s", err);
+        if (!quiet) fprintf(stderr, "softmoe: initialised from %s\n", path);
+        return;
+    }
     for (int i = 0; i < t->m.pt.n; i++) {
         const ParamSpec *s = &t->m.pt.t[i];
         int nd;
@@ -323,12 +342,13 @@ static void next_batch(Trainer *t, const Config *c, long step) {
     SM_CHECK(got == t->B, "data: short training batch (%d of %d)", got, t->B);
 }
 
-// One evaluation source (shards pattern or folder) that must exist.
-static void check_eval_source(const Config *c, const char *paths, const char *key) {
-    LoaderSpec sp = loader_spec_config(c, 0);
-    sp.source = eval_source_kind(paths), sp.paths = paths, sp.K = 0;
+// One evaluation source (shards pattern or folder) that must exist; its
+// classes numbered by names_src's as the evaluation will (eval.h).
+static void check_eval_source(const Config *c, const char *paths, const char *names_src,
+                              const char *labels, const char *key) {
     char err[1024];
-    if (loader_check(&sp, err, sizeof err) != 0) sm_die("%s (%s)", err, key);
+    if (eval_check_source(c, paths, names_src, labels, err, sizeof err) != 0)
+        sm_die("%s (%s)", err, key);
 }
 
 // Every source the run will read, checked before anything is allocated or
@@ -340,7 +360,7 @@ static void check_sources(const Config *c) {
             sm_die("model.channels = %d: images are decoded as gray (1) or RGB (3)", c->channels);
         LoaderSpec sp = loader_spec_config(c, 1);
         if (loader_check(&sp, err, sizeof err) != 0) sm_die("%s (data.train)", err);
-        if (c->val[0]) check_eval_source(c, c->val, "data.val");
+        if (c->val[0]) check_eval_source(c, c->val, c->train, c->val_labels, "data.val");
     }
     for (int f = 0; f < c->n_fewshot; f++) {
         char key[96], train[CFG_PATH], *test;
@@ -349,10 +369,13 @@ static void check_sources(const Config *c) {
         test = strchr(train, '|');
         SM_CHECK(test, "%s = %s: expected <train source>|<test source>", key, train);
         *test++ = '\0';
-        check_eval_source(c, train, key);
-        check_eval_source(c, test, key);
+        check_eval_source(c, train, NULL, NULL, key);
+        check_eval_source(c, test, train, NULL, key);
     }
-    if (c->init[0] && ckpt_check(c->init, err, sizeof err) != 0) sm_die("%s (train.init)", err);
+    size_t il = strlen(c->init);
+    int npz = il > 4 && !strcmp(c->init + il - 4, ".npz");
+    if (c->init[0] && (npz ? npz_check(c->init, err, sizeof err) : ckpt_check(c->init, err, sizeof err)) != 0)
+        sm_die("%s (train.init)", err);
 }
 
 static void trainer_setup(Trainer *t, const Config *c) {
@@ -455,7 +478,11 @@ static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *
         v[0] += eval_correct(t->m.a.logits, t->targets, got, d->K);
         v[1] += got;
         v[2] += loss_forward(NULL, t->m.a.logits, t->targets, got, d->K, d->loss) * got;
+        if (t->rank == 0 && isatty(2))  // a 224 px model takes minutes for 1024 images here
+            fprintf(stderr, "\r\033[Kevaluating synthetic: %d of %d images", (k + 1) * t->B < n ?
+                    (k + 1) * t->B : n, n), fflush(stderr);
     }
+    if (t->rank == 0 && isatty(2)) fprintf(stderr, "\r\033[K"), fflush(stderr);
     dist_sum(v, 3);
     *prec1 = v[0] / v[1];
     *loss = v[2] / v[1];
@@ -473,7 +500,7 @@ static void progress(long step, long steps, double loss, double lr, double ips, 
 // Writes one evaluation line to metrics.jsonl (and stderr).
 static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet, double *prec1,
                      double *loss) {
-    long n = 1024;
+    long n = c->eval_synthetic;
     if (t->ld) {
         if (!eval_val(&t->m, c, prec1, loss, &n)) return;
     } else {
@@ -683,6 +710,9 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     }
     if (tty && !res->preempted) fputc('\n', stderr);
     if (!res->preempted) {
+        if (!quiet && !t.ld)
+            fprintf(stderr, "softmoe: final evaluation on %d held-out synthetic images "
+                    "(eval.synthetic_images)\n", c->eval_synthetic);
         log_eval(mf, &t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
         eval_fewshot(&t.m, c, res->steps_done, mf, quiet);
     }

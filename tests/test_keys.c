@@ -1,0 +1,98 @@
+// Tests for the user-facing side of the key table (src/core/config.c and
+// config_doc.c): every key has one line of documentation for `softmoe keys`
+// and every line names a key; `fewshot.<name> =` (empty) removes a set;
+// fewshot.shots and fewshot.l2_sweep are validated; short runs of a long
+// schedule are told which overrides to add.
+#include "core/config.h"
+#include "testutil.h"
+
+#include <string.h>
+
+static char err[1024];
+
+#define ASSERT_HAS(msg, part) \
+    ck_assert_msg(strstr((msg), (part)) != NULL, "message '%s' lacks '%s'", (msg), (part))
+
+START_TEST(test_every_key_documented) {
+    int n = config_nkeys();
+    ck_assert_int_gt(n, 50);
+    for (int i = 0; i < n; i++) {
+        ConfigKeyInfo k;
+        config_key_info(i, &k);
+        const char *doc = config_key_doc(k.section, k.key);
+        ck_assert_msg(doc && strlen(doc) > 5, "%s.%s has no line in config_doc.c", k.section, k.key);
+        ck_assert_ptr_nonnull(k.type);
+        ck_assert_ptr_nonnull(k.def);
+        ck_assert_int_eq(!strcmp(k.type, "enum"), k.choices != NULL);
+    }
+    // no stale lines: as many lines as keys, and each key found above once
+    ck_assert_int_eq(config_doc_count(), n);
+    ck_assert_ptr_null(config_key_doc("model", "widht"));
+    ck_assert_ptr_null(config_key_doc("mode", "l.width"));
+}
+END_TEST
+
+START_TEST(test_fewshot_remove) {
+    Config c;
+    char *ov[] = {"fewshot.a=x.tar|y.tar", "fewshot.b=p|q", "fewshot.c=r|s", "fewshot.b=",
+                  "fewshot.zzz="};
+    ck_assert_msg(config_load(&c, NULL, 5, ov, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(c.n_fewshot, 2);
+    ck_assert_str_eq(c.fewshot_name[0], "a");
+    ck_assert_str_eq(c.fewshot_name[1], "c");
+    ck_assert_str_eq(c.fewshot_data[1], "r|s");
+    // the same sets given directly compare equal byte for byte (no stale tail)
+    Config d;
+    char *ov2[] = {"fewshot.a=x.tar|y.tar", "fewshot.c=r|s"};
+    ck_assert_msg(config_load(&d, NULL, 2, ov2, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(memcmp(&c, &d, sizeof c), 0);
+    // and a removed set is absent from the resolved config
+    char buf[1 << 16];
+    config_to_ini(&c, buf, sizeof buf);
+    ck_assert_ptr_null(strstr(buf, "p|q"));
+}
+END_TEST
+
+START_TEST(test_shots_validated) {
+    Config c;
+    const char *bad[] = {"fewshot.shots=ten", "fewshot.shots=1,,5", "fewshot.shots=0",
+                         "fewshot.shots=2.5", "fewshot.shots=1,5x", "fewshot.l2_sweep=1,a",
+                         "fewshot.l2_sweep=-1"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *ov[] = {(char *)bad[i]};
+        ck_assert_msg(config_load(&c, NULL, 1, ov, err, sizeof err) == -1, "%s accepted", bad[i]);
+        ASSERT_HAS(err, strchr(bad[i], '.') + 1 == NULL ? "" : "fewshot.");
+        ASSERT_HAS(err, "positive");
+    }
+    char *good[] = {"fewshot.shots=1, 5,10,25", "fewshot.l2_sweep=0.5,32,1024"};
+    ck_assert_msg(config_load(&c, NULL, 2, good, err, sizeof err) == 0, "%s", err);
+}
+END_TEST
+
+START_TEST(test_short_run_hint) {
+    Config c;
+    char *ov[] = {"train.steps=10", "schedule.cooldown_steps=50000", "schedule.warmup_steps=10000"};
+    ck_assert_int_eq(config_load(&c, NULL, 3, ov, err, sizeof err), -1);
+    ASSERT_HAS(err, "schedule.cooldown_steps = 50000 exceeds train.steps = 10");
+    ASSERT_HAS(err, "schedule.cooldown_steps=2 schedule.warmup_steps=2");
+    char *ov2[] = {"train.steps=10", "schedule.warmup_steps=10000"};
+    ck_assert_int_eq(config_load(&c, NULL, 2, ov2, err, sizeof err), -1);
+    ASSERT_HAS(err, "e.g. schedule.warmup_steps=2");
+    // the hinted overrides are accepted
+    char *ov3[] = {"train.steps=10", "schedule.cooldown_steps=2", "schedule.warmup_steps=2"};
+    ck_assert_msg(config_load(&c, NULL, 3, ov3, err, sizeof err) == 0, "%s", err);
+}
+END_TEST
+
+static Suite *keys_suite(void) {
+    Suite *s = suite_create("keys");
+    TCase *tc = tcase_create("keys");
+    tcase_add_test(tc, test_every_key_documented);
+    tcase_add_test(tc, test_fewshot_remove);
+    tcase_add_test(tc, test_shots_validated);
+    tcase_add_test(tc, test_short_run_hint);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+SM_TEST_MAIN(keys_suite)
