@@ -86,6 +86,10 @@ handled() {  # handled LINE: prints how this test treats a README line
     "make bench-mpi") echo bench-mpi ;;
     "make train CONFIG=vit_s16 "*) echo run ;;
     "build/softmoe eval configs/fmnist_softmoe.ini"*) echo run ;;
+    "build/softmoe eval runs/fmnist_softmoe/"*) echo run ;;
+    "make train ARGS=\"train.precision=bf16\"") echo run-bf16 ;;
+    "build/softmoe bench configs/vit_s16.ini "*"train.precision=bf16") echo run-bench ;;
+    "make bench-peer"|"make bench-gemm") echo "timed: minutes of S/16 steps and products (PyTorch for bench-peer); their parts are tested by test_bf16.sh and test_gemm" ;;
     "build/softmoe inspect runs/fmnist_softmoe/"*) echo run ;;
     "build/softmoe predict runs/fmnist_softmoe/"*) echo run ;;
     "build/softmoe export runs/fmnist_softmoe/"*) echo run ;;
@@ -117,6 +121,10 @@ while IFS= read -r line; do
     # the paper grid, as the README's quick subset shows, with 1 step and one run
     run-paper) run "README" "PAPER_OUT=runs/paper PAPER_STEPS=1 PAPER_ONLY=dense-w64 make $MAKEVARS paper"
                grep -q "dense-w64" "$C/runs/paper/results.csv" 2>/dev/null && ok || bad "make paper wrote no results.csv row" ;;
+    # the default run in bf16, with the default run's steps made small
+    run-bf16) run "README" "make $MAKEVARS train ARGS='train.precision=bf16 $FMNIST_STEPS'" ;;
+    # a bench line: one timed step (slow and independent: beside the rest)
+    run-bench) (O=$T/g2; run "README" "SOFTMOE_BENCH_STEPS=1 $line") & ;;
     # a whole config's run: its step counts (in the file) made small
     run-steps) run "README" "$line $FMNIST_STEPS" ;;
     run) cmd=$(tiny "$line"); cmd=$(printf '%s' "$cmd" | sed "s|^make |make $MAKEVARS |")
@@ -127,7 +135,7 @@ while IFS= read -r line; do
     run-idx) run "README" "$(printf '%s' "$line" | sed -e "s|/usr/share/datasets/fashion-mnist|$IDX|" -e 's/ 10000$/ 100/')" ;;
     # (and 200 of its 2000 images)
     run-tmp) run "README" "$(printf '%s' "$line" | sed -e "s| /tmp/| $T/|" -e 's/ 2000 500$/ 200 100/')" ;;
-    bench|bench-mpi|plot|self*|template*|paper*) ;;  # below, or not runnable from a clone
+    bench|bench-mpi|plot|self*|template*|paper*|timed*) ;;  # below, or not runnable from a clone
     esac
 done <"$T/readme_cmds"
 
@@ -190,6 +198,7 @@ for f in maths.md formats.md contributing.md; do [ -s "docs/$f" ] && ok || bad "
 for t in $(sed -n 's/^\.PHONY://p' Makefile); do
     case "$t" in
     all|found|deps|train|bench|bench-experts|bench-mpi|paper) ;;   # run or resolved above
+    bench-peer|bench-gemm) ;;  # timed: minutes; their parts are tested by test_bf16.sh and test_gemm
     test) ;;      # this suite
     clean) ;;     # removes the shared build: checked with -n only
     fuzz|fuzz-bins|fuzz-seeds) ;;  # libFuzzer: tests/test_fuzz.sh builds and replays; a fuzzing run is open-ended

@@ -65,6 +65,7 @@ static const struct { const char *name, *doc; } DOCS[] = {
     {"train.allow_config_change", "resume even when the checkpoint was trained with another recipe (changed keys are listed)"},
     {"train.allow_oversubscribe_memory", "start even when the memory estimate exceeds the machine's memory"},
     {"train.resume", "latest (the newest checkpoint or an error), latest_valid (fall back), none"},
+    {"train.precision", "fp32, or bf16: every product on bf16 inputs with fp32 accumulation; weights, Adam and checkpoints stay fp32"},
     {"eval.every", "steps between validation evaluations during training (0: only at the end)"},
     {"eval.batch_size", "batch of evaluation forwards (softmoe eval, predict)"},
     {"eval.synthetic_images", "held-out images of the final evaluation on data.source = synthetic"},
