@@ -13,6 +13,7 @@ libpng-dev libjpeg62-turbo-dev zlib1g-dev
 check
 libopenmpi-dev openmpi-bin
 libdnnl-dev
+time
 dataset-fashion-mnist"
 
 # Optional extras for contributors: the PyTorch reference script and plots.
