@@ -145,7 +145,8 @@ done <"$T/readme_cmds"
 (cd "$C" && make -n $MAKEVARS FMNIST="$T/no-data" bench) >"$T/bench_n" 2>&1
 grep -q "shards fmnist .* $T/no-data " "$T/bench_n" && ok || bad "make bench does not write the Fashion-MNIST shards it needs"
 for target in bench bench-mpi; do
-    (cd "$C" && make -n $MAKEVARS "$target") 2>/dev/null | grep -E "^build/softmoe bench|bench_mpi.sh" |
+    # (any build directory: under `make BUILD=build-debug test` MAKEFLAGS carries it here)
+    (cd "$C" && make -n $MAKEVARS "$target") 2>/dev/null | grep -E "^[^ ]*softmoe bench|bench_mpi.sh" |
     while IFS= read -r l; do
         cfg=$(printf '%s\n' "$l" | sed -E 's/.* (configs\/[a-z0-9_]+\.ini)(.*)$/\1 \2/')
         # shellcheck disable=SC2086
