@@ -226,10 +226,13 @@ static int cmd_params(const Config *c) {
                m.d.router == moe_router_find("soft") || m.d.router == moe_router_find("identity")
                    ? "slots" : "capacity");
     MemEstimate me;
-    char mem[256];
-    mem_estimate(&m, c, c->batch_size, &me);
+    char mem[256], err[512];
+    int mb = train_micro_batch(c, 1, err, sizeof err);
+    if (mb < 0) sm_die("%s", err);
+    mem_estimate(&m, c, c->batch_size, mb, &me);
     mem_format(&me, mem, sizeof mem);
-    printf("memory: %s, at train.batch_size %d on one rank\n", mem, c->batch_size);
+    printf("memory: %s, at train.batch_size %d, micro-batch %d, on one rank\n", mem,
+           c->batch_size, mb);
     print_comm(&m, c);
     ptable_free(&m.pt);
     return 0;

@@ -78,8 +78,19 @@ early "channels for decoded images" "model.channels = 2: images are decoded as g
 
 # softmoe params: the same estimate, without allocating.
 "$BIN" params configs/vit_b16_softmoe.ini >"$T/out" 2>&1 &&
-    grep -q "^memory: .* GB per rank (params .*at train.batch_size 4096 on one rank" "$T/out" && ok ||
+    grep -q "^memory: .* GB per rank (params .*at train.batch_size 4096, micro-batch 4096, on one rank" "$T/out" && ok ||
     { bad "params memory line"; cat "$T/out"; }
+# train.microbatch sizes the activations: 256 of 4096 images per forward take
+# a 16th of them (more than an 8th would mean they are not sized by it).
+"$BIN" params configs/vit_b16_softmoe.ini train.microbatch=256 >"$T/out2" 2>&1 &&
+    grep -q "micro-batch 256, on one rank" "$T/out2" &&
+    a1=$(sed -n 's/^memory: .*activations \([0-9.]*\),.*/\1/p' "$T/out") &&
+    a2=$(sed -n 's/^memory: .*activations \([0-9.]*\),.*/\1/p' "$T/out2") &&
+    awk -v a="$a1" -v b="$a2" 'BEGIN { exit !(b > 0 && b < a / 8) }' && ok ||
+    { bad "params memory line with train.microbatch"; cat "$T/out2"; }
+"$BIN" params configs/vit_b16_softmoe.ini train.microbatch=100 >"$T/out2" 2>&1
+[ $? != 0 ] && grep -q "train.microbatch = 100 must divide the images per rank (train.batch_size 4096 / 1 rank = 4096)" "$T/out2" &&
+    ok || { bad "params with a microbatch that does not divide the batch"; cat "$T/out2"; }
 
 # The start-up line names the estimate.
 "$BIN" train "$T/c.ini" train.workdir="$T/ok" train.steps=1 schedule.warmup_steps=0 2>"$T/err" &&

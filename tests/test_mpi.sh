@@ -15,7 +15,9 @@
 #   - evaluation split over 2 ranks equals evaluation on 1;
 #   - other commands under mpirun run once, on rank 0;
 #   - Tokens Choice and Experts Choice: 1, 2 and 4 ranks alike, and a
-#     stopped-and-resumed run bit-identical to an uninterrupted one.
+#     stopped-and-resumed run bit-identical to an uninterrupted one;
+#   - train.microbatch (gradient accumulation) on 1 and 2 ranks, every router
+#     here, ends like the run without it; resumed, bit-identical.
 #
 # Tolerances. The ranks compute the same sums in another order (per-rank
 # batch means averaged by an allreduce, expert GEMMs over all ranks' rows),
@@ -112,6 +114,18 @@ for run in "2 0" "4 0" "4 2"; do
     want=$((total - 4 * per_expert + 4 / ep * per_expert))
     n=$(grep -c "experts $((4 / ep)) of 4 per Soft MoE block.* $want of $total parameters held" "$T/err")
     [ "$n" = "$W" ] && ok || { bad "$name: $n of $W ranks report $want of $total parameters"; grep held "$T/err"; }
+done
+
+# train.microbatch: the 8-image step as 4 micro-steps of 2 on 1 rank, and as
+# 2 ranks of 4 micro-steps of 1 image: gradients accumulated over the
+# micro-steps, then synced and applied once, end like the 1-rank run (the
+# tolerances above: the sums differ in order only)
+for run in "1 2" "2 1"; do
+    set -- $run
+    dir="$T/mb$1-$2"
+    $MPI -np "$1" "$BIN" train "$T/c.ini" train.workdir="$dir" train.microbatch="$2" \
+        >"$T/out" 2>"$T/err" || { bad "train.microbatch $2 on $1 rank(s): run failed"; cat "$T/err"; continue; }
+    same_as_one "$dir" "$1 rank(s), train.microbatch $2"
 done
 
 # the 4-rank checkpoint: whole (E, ...) expert datasets, world_size 4
@@ -235,6 +249,22 @@ for R in "tokens_choice moe.k=2 moe.group_size=2" "experts_choice moe.capacity_f
         && h5diff "$T/$name-1/$CK" "$T/$name-s/$CK" /params /params >"$T/diff" 2>&1 \
         && h5diff "$T/$name-1/$CK" "$T/$name-s/$CK" /opt /opt >>"$T/diff" 2>&1 \
         && ok || { bad "$name: stopped at step 7 and resumed differs"; cat "$T/err" "$T/diff" | head -20; }
+    # train.microbatch=2 (groups of 2 stay whole): 2 ranks of 2 micro-steps
+    # end like the 1-rank run without it; on 1 rank, stopped at step 7 and
+    # resumed, bit-identical to the uninterrupted run with it
+    # shellcheck disable=SC2086
+    $MPI -np 2 "$BIN" train "$T/c.ini" train.workdir="$T/$name-m2" moe.router=$name "$@" \
+        train.microbatch=2 >"$T/out" 2>"$T/err" || { bad "$name: microbatch on 2 ranks"; cat "$T/err"; continue; }
+    same_as "$T/$name-1" "$T/$name-m2" "$name on 2 ranks, train.microbatch 2"
+    # shellcheck disable=SC2086
+    "$BIN" train "$T/c.ini" train.workdir="$T/$name-m1" moe.router=$name "$@" train.microbatch=2 \
+        >"$T/out" 2>"$T/err" && SOFTMOE_STOP_AT_STEP=7 "$BIN" train "$T/c.ini" \
+        train.workdir="$T/$name-ms" moe.router=$name "$@" train.microbatch=2 >"$T/out" 2>>"$T/err" \
+        && "$BIN" train "$T/c.ini" train.workdir="$T/$name-ms" moe.router=$name "$@" \
+        train.microbatch=2 >"$T/out" 2>>"$T/err" \
+        && h5diff "$T/$name-m1/$CK" "$T/$name-ms/$CK" /params /params >"$T/diff" 2>&1 \
+        && h5diff "$T/$name-m1/$CK" "$T/$name-ms/$CK" /opt /opt >>"$T/diff" 2>&1 \
+        && ok || { bad "$name: microbatch, stopped at step 7 and resumed differs"; cat "$T/err" "$T/diff" | head -20; }
 done
 grep -q '"aux_loss": ' "$T/tokens_choice-4/metrics.jsonl" && grep -q '"moe/1/dropped": ' "$T/tokens_choice-4/metrics.jsonl" \
     && grep -q '"moe/1/unprocessed": ' "$T/experts_choice-2/metrics.jsonl" \

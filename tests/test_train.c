@@ -111,6 +111,101 @@ START_TEST(test_bf16_learns) {
 }
 END_TEST
 
+// loss, aux_loss (0 when absent) and l2_grads of every logged step of a run.
+static int read_losses(const char *dir, double *loss, double *aux, double *gn, int max) {
+    char path[512], line[4096];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    int n = 0;
+    while (fgets(line, sizeof line, f) && n < max) {
+        const char *l = strstr(line, "\"loss\": "), *a = strstr(line, "\"aux_loss\": ");
+        const char *g = strstr(line, "\"l2_grads\": ");
+        if (!l || !g || strstr(line, "val/")) continue;
+        loss[n] = atof(l + 8), aux[n] = a ? atof(a + 12) : 0, gn[n] = atof(g + 12);
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+// train.microbatch: the 32-image step as 4 micro-steps of 8 (2 of 16 for
+// Tokens Choice's groups of 8) equals the one-forward step for every router,
+// noise included. The runs differ only in float summation order (gradient
+// sums over micro-steps, loss means of means). metrics.jsonl prints 6
+// digits, so each logged loss and l2_grads must agree to a relative 1e-4 and
+// aux_loss to 1e-4 absolute over 12 steps (measured: equal as printed); the
+// final held-out loss (a double, a function of the final parameters) to a
+// relative 1e-6 (measured: 3e-10 to 2e-9; a gradient scale off by the
+// micro-step count gives 2e-6 to 6e-6, routing noise drawn per micro-batch
+// instead of per global image 1e-4 for Tokens Choice).
+START_TEST(test_microbatch_same) {
+    const char *routers[][3] = {
+        {"moe.router=soft", "moe.slots=2", "8"},
+        {"moe.router=identity", "moe.slots=4", "8"},
+        {"moe.router=tokens_choice", "moe.group_size=8", "16"},
+        {"moe.router=experts_choice", "moe.group_size=4", "8"},
+    };
+    for (int r = 0; r < 4; r++) {
+        TrainResult res[2];
+        double loss[2][16], aux[2][16], gn[2][16];
+        int n[2];
+        for (int k = 0; k < 2; k++) {
+            char mb[64], *dir = tmpdir(), err[512];
+            snprintf(mb, sizeof mb, "train.microbatch=%s", k ? routers[r][2] : "0");
+            char *ov[] = {"model.width=32", "model.depth=2", "model.heads=2", "model.mlp_dim=64",
+                          "model.image_size=16", "model.patch=4", "model.classes=4",
+                          "moe.experts=4", (char *)routers[r][0], (char *)routers[r][1], mb,
+                          "train.batch_size=32", "schedule.warmup_steps=3", "train.log_every=1",
+                          "train.steps=12", "eval.synthetic_images=64"};
+            Config c;
+            ck_assert_msg(config_load(&c, NULL, sizeof ov / sizeof *ov, ov, err, sizeof err) == 0,
+                          "%s", err);
+            snprintf(c.workdir, sizeof c.workdir, "%s", dir);
+            train_run(&c, 1, &res[k]);
+            n[k] = read_losses(dir, loss[k], aux[k], gn[k], 16);
+        }
+        ck_assert_int_eq(n[0], 12);
+        ck_assert_int_eq(n[1], 12);
+        double dl = 0, da = 0, dg = 0;
+        for (int i = 0; i < 12; i++) {
+            dl = fmax(dl, fabs(loss[1][i] - loss[0][i]) / loss[0][i]);
+            dg = fmax(dg, fabs(gn[1][i] - gn[0][i]) / gn[0][i]);
+            da = fmax(da, fabs(aux[1][i] - aux[0][i]));
+        }
+        double dv = fabs(res[1].val_loss - res[0].val_loss) / res[0].val_loss;
+        printf("microbatch %s: max rel. diff loss %.2g, l2_grads %.2g, aux %.2g, val loss %.2g\n",
+               routers[r][0], dl, dg, da, dv);
+        ck_assert_msg(dl < 1e-4, "%s: loss differs by %g", routers[r][0], dl);
+        ck_assert_msg(da < 1e-4, "%s: aux_loss differs by %g", routers[r][0], da);
+        ck_assert_msg(dg < 1e-4, "%s: l2_grads differs by %g", routers[r][0], dg);
+        ck_assert_msg(dv < 1e-6, "%s: val loss differs by %g", routers[r][0], dv);
+        ck_assert(fabs(res[1].val_prec1 - res[0].val_prec1) <= 1.0 / 64 + 1e-9);
+    }
+}
+END_TEST
+
+// A microbatch that does not divide the per-rank batch, or that splits a
+// routing group, is refused naming the key.
+START_TEST(test_microbatch_refused) {
+    Config c;
+    char err[512];
+    char *ov[] = {"train.batch_size=32", "moe.experts=4", "moe.router=tokens_choice",
+                  "moe.group_size=8", "train.microbatch=12"};
+    ck_assert_msg(config_load(&c, NULL, 5, ov, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(train_micro_batch(&c, 1, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "train.microbatch = 12 must divide the images per rank"), "%s", err);
+    c.microbatch = 4;
+    ck_assert_int_eq(train_micro_batch(&c, 1, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "multiple of moe.group_size = 8"), "%s", err);
+    c.microbatch = 8;
+    ck_assert_int_eq(train_micro_batch(&c, 2, err, sizeof err), 8);
+    ck_assert_int_eq(train_micro_batch(&c, 4, err, sizeof err), 8);
+    c.microbatch = 0;  // default: the per-rank batch
+    ck_assert_int_eq(train_micro_batch(&c, 2, err, sizeof err), 16);
+}
+END_TEST
+
 static Suite *train_suite(void) {
     Suite *s = suite_create("train");
     TCase *t = tcase_create("synthetic");
@@ -118,6 +213,8 @@ static Suite *train_suite(void) {
     tcase_add_test(t, test_loss_halves);
     tcase_add_test(t, test_deterministic);
     tcase_add_test(t, test_bf16_learns);
+    tcase_add_test(t, test_microbatch_same);
+    tcase_add_test(t, test_microbatch_refused);
     suite_add_tcase(s, t);
     return s;
 }

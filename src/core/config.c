@@ -82,6 +82,7 @@ static const KeyDef KEYS[] = {
     {"schedule", "timescale", T_DOUBLE, F(timescale), "10000", NULL, 0},
     {"schedule", "cooldown_steps", T_LONG, F(cooldown_steps), "0", NULL, 0},
     {"train", "batch_size", T_INT, F(batch_size), "64", NULL, 1},
+    {"train", "microbatch", T_INT, F(microbatch), "0", NULL, 0},
     {"train", "steps", T_LONG, F(steps), "1000", NULL, 0},
     {"train", "seed", T_U64, F(seed), "0", NULL, 0},
     {"train", "workdir", T_STR, F(workdir), "runs/default", NULL, NOMIN},

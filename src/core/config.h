@@ -66,6 +66,7 @@ typedef struct {
 
     // [train]
     int batch_size;              // global
+    int microbatch;              // images per rank per forward/backward (0: the per-rank batch)
     long steps;
     uint64_t seed;
     char workdir[CFG_PATH];

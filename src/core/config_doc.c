@@ -54,6 +54,7 @@ static const struct { const char *name, *doc; } DOCS[] = {
     {"schedule.timescale", "rsqrt decay timescale in steps"},
     {"schedule.cooldown_steps", "final steps of linear cooldown to 0 (at most train.steps)"},
     {"train.batch_size", "global batch (split evenly over MPI ranks)"},
+    {"train.microbatch", "images per rank per forward/backward (0: the per-rank batch); gradients of batch_size/(ranks*microbatch) micro-steps accumulate into one update"},
     {"train.steps", "training steps"},
     {"train.seed", "seed of the init, the data order and augmentation, and the synthetic task"},
     {"train.workdir", "directory for config.ini, metrics.jsonl and checkpoints (relative: to the current directory)"},

@@ -30,11 +30,11 @@ static double machine_memory(void) {
     return phys;
 }
 
-void mem_estimate(Vit *m, const Config *c, int B, MemEstimate *e) {
+void mem_estimate(Vit *m, const Config *c, int B, int mb, MemEstimate *e) {
     memset(e, 0, sizeof *e);
     double p = (double)m->pt.total * sizeof(float);
     e->params = p, e->grads = p, e->adam = 2 * p;
-    e->acts = (double)vit_act_floats(m, B) * sizeof(float);
+    e->acts = (double)vit_act_floats(m, mb) * sizeof(float);
     // The batch buffers, the loader's ring of decoded images and its shuffle
     // buffer of encoded samples (taken at a quarter of a decoded image's
     // bytes: JPEG-like compression; Fashion-MNIST PNGs are far smaller).

@@ -13,8 +13,9 @@ typedef struct {
 } MemEstimate;
 
 // m: built (vit_build: the parameter table), not necessarily allocated; B
-// images per forward/backward on this rank.
-void mem_estimate(Vit *m, const Config *c, int B, MemEstimate *e);
+// images per step on this rank (the batch buffers), mb per forward/backward
+// (the activations: train.microbatch).
+void mem_estimate(Vit *m, const Config *c, int B, int mb, MemEstimate *e);
 // "1.23 GB per rank (params 0.10, grads 0.10, Adam 0.20, activations 0.80,
 // data 0.03) of 23.4 GB"
 void mem_format(const MemEstimate *e, char *buf, size_t n);

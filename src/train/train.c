@@ -38,6 +38,8 @@ typedef struct {
     float *opt_m, *opt_v, *wd;
     float *images, *targets;
     int B;                       // images per step on this rank (global batch / W)
+    int mb, nmicro;              // images per forward/backward (train.microbatch), B / mb
+    double *rm;                  // (L, MOE_NMETRICS) router metrics, mean over micro-steps
     int rank, world;
     Seg *seg;                    // dense and expert runs of the block
     int nseg;
@@ -95,7 +97,7 @@ static double sync_grads(Trainer *t) {
         if (t->seg[i].expert) dist_allreduce_replicas(g + t->seg[i].off, t->seg[i].len);
         else dist_allreduce(g + t->seg[i].off, t->seg[i].len);
     }
-    return sqrt(global_sumsq(t, g)) / t->world;
+    return sqrt(global_sumsq(t, g)) / (t->world * t->nmicro);
 }
 
 // Writes the checkpoint of `step` together with all ranks: rank 0 creates the
@@ -378,6 +380,21 @@ static void check_sources(const Config *c) {
         sm_die("%s (train.init)", err);
 }
 
+int train_micro_batch(const Config *c, int world, char *err, size_t n) {
+    const int B = c->batch_size / world, mb = c->microbatch ? c->microbatch : B;
+    if (B % mb != 0) {
+        snprintf(err, n, "train.microbatch = %d must divide the images per rank (train.batch_size "
+                 "%d / %d rank%s = %d)", mb, c->batch_size, world, world > 1 ? "s" : "", B);
+        return -1;
+    }
+    if (c->experts > 0 && mb % c->group_size != 0) {
+        snprintf(err, n, "train.microbatch = %d must be a multiple of moe.group_size = %d: a "
+                 "routing group never spans micro-batches", mb, c->group_size);
+        return -1;
+    }
+    return mb;
+}
+
 static void trainer_setup(Trainer *t, const Config *c) {
     memset(t, 0, sizeof *t);
     t->lock_fd = -1;
@@ -391,13 +408,16 @@ static void trainer_setup(Trainer *t, const Config *c) {
                "ranks = %d): a routing group never spans ranks", c->group_size, c->batch_size,
                t->world, t->B);
     char err[1024];
+    t->mb = train_micro_batch(c, t->world, err, sizeof err);
+    if (t->mb < 0) sm_die("%s", err);
+    t->nmicro = t->B / t->mb;
     if (dist_set_ep(c->expert_parallel, c->experts, err, sizeof err) != 0) sm_die("%s", err);
     if (vit_check_sizes(c, t->B, err, sizeof err) != 0) sm_die("%s", err);
     check_sources(c);
     vit_build(&t->m, c);
-    mem_estimate(&t->m, c, t->B, &t->mem);
+    mem_estimate(&t->m, c, t->B, t->mb, &t->mem);
     if (mem_check(&t->mem, c, err, sizeof err) != 0) sm_die("%s", err);
-    vit_alloc(&t->m, t->B);
+    vit_alloc(&t->m, t->mb);  // activations for one micro-batch
     size_t n = t->m.pt.total;
     t->opt_m = sm_aligned(n * sizeof(float));
     t->opt_v = sm_aligned(n * sizeof(float));
@@ -411,6 +431,7 @@ static void trainer_setup(Trainer *t, const Config *c) {
     const VitDims *d = &t->m.d;
     t->images = sm_aligned((size_t)t->B * d->S * d->S * d->C * sizeof(float));
     t->targets = sm_aligned((size_t)t->B * d->K * sizeof(float));
+    t->rm = sm_calloc((size_t)d->L * MOE_NMETRICS, sizeof(double));
 }
 
 // One run per workdir: rank 0 holds an flock on WORKDIR/.lock (with its PID
@@ -453,7 +474,7 @@ static void trainer_free(Trainer *t) {
     if (t->lock_fd >= 0) close(t->lock_fd);  // releases the workdir lock
     vit_free(&t->m);
     free(t->opt_m); free(t->opt_v); free(t->wd); free(t->seg);
-    free(t->images); free(t->targets);
+    free(t->images); free(t->targets); free(t->rm);
     loader_close(t->ld);
 }
 
@@ -463,11 +484,12 @@ static void trainer_free(Trainer *t) {
 static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *loss) {
     const VitDims *d = &t->m.d;
     const size_t px = (size_t)d->S * d->S * d->C;
+    const int EB = t->mb;  // the batch the activations hold
     double v[3] = {0, 0, 0};  // correct, seen, loss sum
-    const int nb = (n + t->B - 1) / t->B;
+    const int nb = (n + EB - 1) / EB;
     for (int k0 = 0; k0 < nb; k0 += t->world) {
-        int k = k0 + t->rank, i = k * t->B;
-        int got = k < nb ? (n - i < t->B ? n - i : t->B) : 0;
+        int k = k0 + t->rank, i = k * EB;
+        int got = k < nb ? (n - i < EB ? n - i : EB) : 0;
         int B = dist_max(got);
         if (got)
             synthetic_batch(t->images, t->targets, NULL, got, d->S, d->C, d->K, c->seed,
@@ -479,8 +501,8 @@ static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *
         v[1] += got;
         v[2] += loss_forward(NULL, t->m.a.logits, t->targets, got, d->K, d->loss) * got;
         if (t->rank == 0 && isatty(2))  // a 224 px model takes minutes for 1024 images here
-            fprintf(stderr, "\r\033[Kevaluating synthetic: %d of %d images", (k + 1) * t->B < n ?
-                    (k + 1) * t->B : n, n), fflush(stderr);
+            fprintf(stderr, "\r\033[Kevaluating synthetic: %d of %d images", (k + 1) * EB < n ?
+                    (k + 1) * EB : n, n), fflush(stderr);
     }
     if (t->rank == 0 && isatty(2)) fprintf(stderr, "\r\033[K"), fflush(stderr);
     dist_sum(v, 3);
@@ -524,13 +546,22 @@ static void add_since(DistStats *acc, const DistStats *before, const DistStats *
     acc->n_a2a += now->n_a2a - before->n_a2a, acc->n_ar += now->n_ar - before->n_ar;
 }
 
-// Routing health of the last step's forward, per MoE block, averaged over
-// the ranks: rm[l*MOE_NMETRICS + i] is metric i of block l.
-static void router_metrics(Trainer *t, double *rm) {
+// After each micro-step's forward: t->rm gathers the routing health of the
+// step as the mean over its micro-steps (overwritten on the first).
+static void add_router_metrics(Trainer *t, int micro) {
     const VitDims *d = &t->m.d;
     for (int l = 0; l < d->L; l++)
-        for (int i = 0; i < MOE_NMETRICS; i++)
-            rm[l * MOE_NMETRICS + i] = d->is_moe[l] ? t->m.a.blk[l].moe.metrics[i] / t->world : 0;
+        for (int i = 0; i < MOE_NMETRICS; i++) {
+            double v = d->is_moe[l] ? t->m.a.blk[l].moe.metrics[i] / t->nmicro : 0;
+            t->rm[l * MOE_NMETRICS + i] = micro ? t->rm[l * MOE_NMETRICS + i] + v : v;
+        }
+}
+
+// Routing health of the last step, per MoE block, averaged over the ranks
+// and micro-steps: rm[l*MOE_NMETRICS + i] is metric i of block l.
+static void router_metrics(Trainer *t, double *rm) {
+    const VitDims *d = &t->m.d;
+    for (int l = 0; l < d->L * MOE_NMETRICS; l++) rm[l] = t->rm[l] / t->world;
     dist_sum(rm, d->L * MOE_NMETRICS);
 }
 
@@ -596,8 +627,8 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     char mem[256];
     mem_format(&t.mem, mem, sizeof mem);
     if (!quiet)
-        fprintf(stderr, "softmoe: training %s for %ld steps, batch %d (%d per rank), %.2fM params, "
-                "%s; memory %s\n", c->workdir, c->steps, c->batch_size, t.B,
+        fprintf(stderr, "softmoe: training %s for %ld steps, batch %d (%d per rank, micro-batch %d), "
+                "%.2fM params, %s; memory %s\n", c->workdir, c->steps, c->batch_size, t.B, t.mb,
                 (double)ptable_global_total(&t.m.pt) / 1e6, c->source, mem);
     res->steps_done = start;
     // Communication of the training steps alone (evaluations run collectives too).
@@ -616,6 +647,7 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     long poison_at = poison_env ? atol(poison_env) : 0;
     // Zero once: adam_update_zero leaves the gradients zero for the next step.
     vit_zero_grad(&t.m);
+    const VitDims *d = &t.m.d;
     for (long step = start; step < c->steps; step++) {
         if (step + 1 == stop_at) g_stop = SIGTERM;
         if (step + 1 == fail_at) sm_die("test hook SOFTMOE_FAIL_AT_STEP=%ld", fail_at);
@@ -623,21 +655,30 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
         double td = sm_now();
         next_batch(&t, c, step);
         wait += sm_now() - td;
-        // routing noise: a function of (seed, step, layer, global token)
-        t.m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = step, .img0 = (long)t.rank * t.B};
-        double loss = vit_forward(&t.m, t.images, t.targets, t.B);
-        t.m.ctx.train = 0;  // evaluations in between route without noise
-        double aux = t.m.aux_loss;
-        if (!isfinite(loss + aux))
-            sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the data)",
-                   loss, step + 1);
-        vit_backward(&t.m, t.images, t.targets, t.B);
+        double loss = 0, aux = 0;  // means over the micro-steps
+        for (int k = 0; k < t.nmicro; k++) {
+            const float *img = t.images + (size_t)k * t.mb * d->S * d->S * d->C;
+            const float *tgt = t.targets + (size_t)k * t.mb * d->K;
+            // routing noise: a function of (seed, step, layer, global token)
+            t.m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = step,
+                               .img0 = (long)t.rank * t.B + (long)k * t.mb};
+            double l = vit_forward(&t.m, img, tgt, t.mb);
+            t.m.ctx.train = 0;  // evaluations in between route without noise
+            double a = t.m.aux_loss;
+            if (!isfinite(l + a))
+                sm_die("loss is %g at step %ld: training diverged (lower optim.lr or check the "
+                       "data)", l, step + 1);
+            add_router_metrics(&t, k);
+            vit_backward(&t.m, img, tgt, t.mb);  // gradients accumulate over the micro-steps
+            loss += l / t.nmicro, aux += a / t.nmicro;
+        }
         double gnorm = sync_grads(&t);
         if (!isfinite(gnorm))
             sm_die("gradient norm is %g at step %ld: training diverged", gnorm, step + 1);
         double lr = sched_lr(c, step);
         adam_update_zero(t.m.params, t.m.grads, t.opt_m, t.opt_v, &t.m.pt, t.wd, lr, c->b1,
-                         c->b2, c->eps, step + 1, clip_factor(gnorm, c->clip) / (float)t.world);
+                         c->b2, c->eps, step + 1,
+                         clip_factor(gnorm, c->clip) / (float)(t.world * t.nmicro));
         if (step + 1 == poison_at) t.opt_v[t.m.pt.t[0].offset] = NAN;
         add_since(&st, &before, ds);
         t_steps += sm_now() - td;

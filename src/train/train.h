@@ -1,6 +1,8 @@
 // The training loop: batch -> forward -> backward -> clip -> Adam update,
 // with a progress line on stderr and metrics.jsonl in the workdir.
 #pragma once
+#include <stddef.h>
+
 #include "../core/config.h"
 
 typedef struct {
@@ -14,3 +16,7 @@ typedef struct {
 // Runs the configured training; dies with a clear message on NaN/Inf or I/O
 // errors. quiet suppresses the progress lines (tests).
 void train_run(const Config *c, int quiet, TrainResult *res);
+// Images per forward/backward on each of `world` ranks (train.microbatch, 0:
+// the per-rank batch); -1 with err naming the key when it does not divide the
+// per-rank batch or splits a routing group (moe.group_size).
+int train_micro_batch(const Config *c, int world, char *err, size_t n);
