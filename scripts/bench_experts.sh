@@ -34,7 +34,7 @@ for R in ${ROUTERS:-soft tokens_choice:1 tokens_choice:2 experts_choice}; do
             experts_choice) X="moe.router=experts_choice moe.capacity_factor=1.0" ;;
         esac
         # shellcheck disable=SC2086
-        out=$(SOFTMOE_BENCH_STEPS=${STEPS:-3} "$BIN" bench configs/vit_s16_softmoe.ini $ARGS \
+        out=$("$BIN" bench configs/vit_s16_softmoe.ini bench.steps="${STEPS:-3}" $ARGS \
               moe.experts=$E $X)
         params=$(echo "$out" | sed -n 's/.*, \([0-9.]*\)M params.*/\1/p')
         line=$(echo "$out" | grep '^step:')

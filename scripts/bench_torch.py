@@ -158,9 +158,9 @@ def torch_child(model, autocast, steps):
 # ---------------------------------------------------------------- the runs
 
 def run_softmoe(binary, model, precision, steps):
-    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2",
-               SOFTMOE_BENCH_STEPS=str(steps))
-    cmd = [binary, "bench"] + MODELS[model][3] + COMMON + ["train.precision=" + precision]
+    env = dict(os.environ, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="2")
+    cmd = [binary, "bench"] + MODELS[model][3] + COMMON + ["train.precision=" + precision,
+                                                         "bench.steps=%d" % steps]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit("bench_torch: %s failed (exit %d):\n%s" % (" ".join(cmd), out.returncode,

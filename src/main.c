@@ -38,7 +38,7 @@ static const Cmd CMDS[] = {
     {"bench", "bench CONFIG.ini [overrides]",
      "Times forward+backward+clip+Adam on random images (and the loader on shards):\n"
      "img/s, GFLOP/s and MFU against this machine's sgemm peak, measured between the steps.\n"
-     "SOFTMOE_BENCH_STEPS=N sets the timed steps (default 5).\n"},
+     "bench.steps=N sets the timed steps (default 5).\n"},
     {"eval", "eval CKPT.h5|CONFIG.ini [overrides]",
      "val/prec@1 and val/loss on data.val and few-shot accuracy on every\n"
      "fewshot.<name> = <train>|<test>, as JSON lines; the checkpoint's own config plus the\n"
@@ -428,8 +428,7 @@ static int run(int argc, char **argv) {
     load_config(&c, argc, argv);
     if (!strcmp(cmd, "params")) return cmd_params(&c);
     if (!strcmp(cmd, "bench")) {
-        const char *s = getenv("SOFTMOE_BENCH_STEPS");
-        bench_run(&c, s ? atoi(s) : 5);
+        bench_run(&c);
         return 0;
     }
     TrainResult r;

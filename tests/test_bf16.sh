@@ -83,7 +83,7 @@ if command -v h5dump >/dev/null; then
 fi
 
 # bench names the path and plans every product at build
-SOFTMOE_BENCH_STEPS=2 "$BIN" bench "$T/c.ini" train.precision=bf16 >"$T/b" 2>&1 \
+"$BIN" bench "$T/c.ini" bench.steps=2 train.precision=bf16 >"$T/b" 2>&1 \
     || { bad "bench bf16"; cat "$T/b"; }
 # (built without oneDNN there is no bf16 peak, and MFU is against sgemm's)
 if grep -q "^precision: bf16 (oneDNN.*, 0 later" "$T/b"; then
@@ -92,7 +92,7 @@ else
     grep -q "^precision: bf16 (.*built without oneDNN.*, 0 later" "$T/b" \
         && grep -q "^mfu: .*(against the sgemm peak)" "$T/b" && ok || { bad "bench bf16 output"; cat "$T/b"; }
 fi
-SOFTMOE_BENCH_STEPS=2 "$BIN" bench "$T/c.ini" >"$T/b" 2>&1 || { bad "bench fp32"; cat "$T/b"; }
+"$BIN" bench "$T/c.ini" bench.steps=2 >"$T/b" 2>&1 || { bad "bench fp32"; cat "$T/b"; }
 grep -q "^precision: fp32" "$T/b" && grep -q "^mfu: .*(against the sgemm peak)" "$T/b" \
     && ok || { bad "bench fp32 output"; cat "$T/b"; }
 
@@ -120,7 +120,7 @@ if [ -x "$TESTS/test_gemm" ]; then
             && ok || { bad "test_gemm with ONEDNN_MAX_CPU_ISA=$isa"; cat "$T/g"; }
         grep "^oneDNN" "$T/g"
     done
-    SOFTMOE_BENCH_STEPS=1 ONEDNN_MAX_CPU_ISA=AVX2 "$BIN" bench "$T/c.ini" train.precision=bf16 >"$T/b" 2>&1
+    ONEDNN_MAX_CPU_ISA=AVX2 "$BIN" bench "$T/c.ini" bench.steps=1 train.precision=bf16 >"$T/b" 2>&1
     grep -q "^precision: bf16 (bf16-rounded inputs through sgemm" "$T/b" && ok \
         || { bad "bench bf16 on AVX2"; cat "$T/b"; }
 else

@@ -116,9 +116,9 @@ static void check_resume(const char *src1, const char *src2) {
     TrainResult r;
     train_run(&a, 1, &r);
     ck_assert_int_eq(r.steps_done, 20);
-    setenv("SOFTMOE_STOP_AT_STEP", "10", 1);
+    b.debug_stop_at_step = 10;  // as if SIGTERM arrived during step 10
     train_run(&b, 1, &r);
-    unsetenv("SOFTMOE_STOP_AT_STEP");
+    b.debug_stop_at_step = 0;
     ck_assert_int_eq(r.preempted, 1);
     ck_assert_int_eq(r.steps_done, 10);
     train_run(&b, 1, &r);  // resumes from step 10

@@ -38,7 +38,7 @@ INI
 "$BIN" train "$T/c.ini" train.workdir="$T/straight" 2>"$T/err" || { bad "straight run"; cat "$T/err"; }
 
 # crash (exit 3) after ckpt-8 is written but before it is renamed
-SOFTMOE_CRASH_BEFORE_RENAME=8 "$BIN" train "$T/c.ini" train.workdir="$T/crash" 2>"$T/err"
+"$BIN" train "$T/c.ini" train.workdir="$T/crash" debug.crash_before_rename=8 2>"$T/err"
 rc=$?
 [ "$rc" = 3 ] && ok || bad "crash hook: exit $rc"
 [ -f "$T/crash/ckpt-00000004.h5" ] && [ ! -f "$T/crash/ckpt-00000008.h5" ] && ok || bad "after the crash: ckpt-4 present, ckpt-8 absent"

@@ -124,7 +124,7 @@ while IFS= read -r line; do
     # the default run in bf16, with the default run's steps made small
     run-bf16) run "README" "make $MAKEVARS train ARGS='train.precision=bf16 $FMNIST_STEPS'" ;;
     # a bench line: one timed step (slow and independent: beside the rest)
-    run-bench) (O=$T/g2; run "README" "SOFTMOE_BENCH_STEPS=1 $line") & ;;
+    run-bench) (O=$T/g2; run "README" "$line bench.steps=1") & ;;
     # a whole config's run: its step counts (in the file) made small
     run-steps) run "README" "$line $FMNIST_STEPS" ;;
     run) cmd=$(tiny "$line"); cmd=$(printf '%s' "$cmd" | sed "s|^make |make $MAKEVARS |")

@@ -127,7 +127,7 @@ grep -q "signal 15: checkpoint" "$T/err1" && ok || { bad "the locked run did not
 run train.workdir="$T/lock" train.resume=none train.steps=1 schedule.warmup_steps=0 >/dev/null 2>"$T/err" && ok || { bad "the lock was not released"; cat "$T/err"; }
 
 # A NaN in Adam's v after step 4: ckpt-4 is refused, naming the step and tensor.
-SOFTMOE_POISON_AT_STEP=4 run train.workdir="$T/nan" >/dev/null 2>"$T/err"
+run train.workdir="$T/nan" debug.poison_at_step=4 >/dev/null 2>"$T/err"
 rc=$?
 [ "$rc" = 1 ] && grep -q "step 4: /opt/v/embedding/kernel holds a non-finite value" "$T/err" && ok || { bad "NaN moments: exit $rc"; cat "$T/err"; }
 [ ! -e "$T/nan/ckpt-00000004.h5" ] && [ -f "$T/nan/ckpt-00000002.h5" ] && ok || bad "NaN moments: ckpt-4 written or ckpt-2 lost"

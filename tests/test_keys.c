@@ -6,7 +6,9 @@
 #include "core/config.h"
 #include "testutil.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static char err[1024];
 
@@ -84,6 +86,36 @@ START_TEST(test_short_run_hint) {
 }
 END_TEST
 
+// The test-only [debug] hooks are absent from a resolved config unless set;
+// set, they are written and reload to the same values (bench.steps is an
+// ordinary key, always written).
+START_TEST(test_debug_keys_written_when_set) {
+    Config c, back;
+    char buf[1 << 16];
+    config_defaults(&c);
+    config_to_ini(&c, buf, sizeof buf);
+    ck_assert_ptr_null(strstr(buf, "[debug]"));
+    ASSERT_HAS(buf, "[bench]\nsteps = 5\n");
+    char *ov[] = {"debug.stop_at_step=7", "debug.stop_rank=2", "bench.steps=3"};
+    ck_assert_msg(config_load(&c, NULL, 3, ov, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(c.debug_stop_at_step, 7);
+    ck_assert_int_eq(c.debug_fail_rank, -1);
+    config_to_ini(&c, buf, sizeof buf);
+    ASSERT_HAS(buf, "[debug]\nstop_at_step = 7\nstop_rank = 2\n");
+    char path[] = "/tmp/softmoe_keys_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_int_eq(config_write(&c, path), 0);
+    ck_assert_msg(config_load(&back, path, 0, NULL, err, sizeof err) == 0, "%s", err);
+    unlink(path);
+    ck_assert_int_eq(memcmp(&c, &back, sizeof c), 0);
+    char *bad[] = {"debug.stop_rank=-2"};
+    ck_assert_int_eq(config_load(&c, NULL, 1, bad, err, sizeof err), -1);
+    ASSERT_HAS(err, "debug.stop_rank = -2 is out of range");
+}
+END_TEST
+
 static Suite *keys_suite(void) {
     Suite *s = suite_create("keys");
     TCase *tc = tcase_create("keys");
@@ -91,6 +123,7 @@ static Suite *keys_suite(void) {
     tcase_add_test(tc, test_fewshot_remove);
     tcase_add_test(tc, test_shots_validated);
     tcase_add_test(tc, test_short_run_hint);
+    tcase_add_test(tc, test_debug_keys_written_when_set);
     suite_add_tcase(s, tc);
     return s;
 }

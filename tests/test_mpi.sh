@@ -155,7 +155,7 @@ $MPI -np 2 "$BIN" train "$T/c.ini" train.workdir="$T/init" train.init="$T/w1/$CK
 # SIGTERM that reaches one rank only (rank 2 of 4, during step 7): all ranks
 # agree, checkpoint step 7 and exit 0; re-running resumes and ends like the
 # uninterrupted run
-SOFTMOE_STOP_RANK=2 SOFTMOE_STOP_AT_STEP=7 $MPI -np 4 "$BIN" train "$T/c.ini" \
+$MPI -np 4 "$BIN" train "$T/c.ini" debug.stop_rank=2 debug.stop_at_step=7 \
     train.workdir="$T/sig" >"$T/out" 2>"$T/err" && [ -e "$T/sig/ckpt-00000007.h5" ] \
     && ok || { bad "signal on one rank"; cat "$T/err"; }
 $MPI -np 4 "$BIN" train "$T/c.ini" train.workdir="$T/sig" >"$T/out" 2>"$T/err" \
@@ -164,7 +164,7 @@ same_as_one "$T/sig" "resumed after a signal on one rank"
 
 # a fatal error on rank 1 of 4 at step 3 ends the job, non-zero, promptly
 t0=$(date +%s)
-SOFTMOE_FAIL_RANK=1 SOFTMOE_FAIL_AT_STEP=3 $MPI -np 4 "$BIN" train "$T/c.ini" \
+$MPI -np 4 "$BIN" train "$T/c.ini" debug.fail_rank=1 debug.fail_at_step=3 \
     train.workdir="$T/f" >"$T/out" 2>"$T/err"
 rc=$?
 t1=$(date +%s)
@@ -243,7 +243,7 @@ for R in "tokens_choice moe.k=2 moe.group_size=2" "experts_choice moe.capacity_f
         same_as "$T/$name-1" "$T/$name-$W" "$name on $W ranks"
     done
     # shellcheck disable=SC2086
-    SOFTMOE_STOP_AT_STEP=7 "$BIN" train "$T/c.ini" train.workdir="$T/$name-s" moe.router=$name "$@" \
+    "$BIN" train "$T/c.ini" debug.stop_at_step=7 train.workdir="$T/$name-s" moe.router=$name "$@" \
         >"$T/out" 2>"$T/err" && "$BIN" train "$T/c.ini" train.workdir="$T/$name-s" \
         moe.router=$name "$@" >"$T/out" 2>>"$T/err" \
         && h5diff "$T/$name-1/$CK" "$T/$name-s/$CK" /params /params >"$T/diff" 2>&1 \
@@ -258,7 +258,7 @@ for R in "tokens_choice moe.k=2 moe.group_size=2" "experts_choice moe.capacity_f
     same_as "$T/$name-1" "$T/$name-m2" "$name on 2 ranks, train.microbatch 2"
     # shellcheck disable=SC2086
     "$BIN" train "$T/c.ini" train.workdir="$T/$name-m1" moe.router=$name "$@" train.microbatch=2 \
-        >"$T/out" 2>"$T/err" && SOFTMOE_STOP_AT_STEP=7 "$BIN" train "$T/c.ini" \
+        >"$T/out" 2>"$T/err" && "$BIN" train "$T/c.ini" debug.stop_at_step=7 \
         train.workdir="$T/$name-ms" moe.router=$name "$@" train.microbatch=2 >"$T/out" 2>>"$T/err" \
         && "$BIN" train "$T/c.ini" train.workdir="$T/$name-ms" moe.router=$name "$@" \
         train.microbatch=2 >"$T/out" 2>>"$T/err" \

@@ -81,10 +81,10 @@ grep -q "evaluating" "$T/e" && bad "progress printed to a non-terminal" || ok
 grep -q '"val/prec@1"' "$T/o" && ok || bad "eval printed no val/prec@1"
 
 # bench: a peak measured on a busy machine (test hook) gives MFU > 100% and a warning
-SOFTMOE_BENCH_STEPS=1 SOFTMOE_BENCH_PEAK=0.001 "$BIN" bench "$T/c.ini" >"$T/o" 2>&1
+SOFTMOE_BENCH_PEAK=0.001 "$BIN" bench "$T/c.ini" bench.steps=1 >"$T/o" 2>&1
 grep -q "^warning: mfu above 100% means the sgemm peak was measured while the machine was busy" "$T/o" &&
     ok || { bad "no MFU warning:"; cat "$T/o"; }
-SOFTMOE_BENCH_STEPS=2 "$BIN" bench "$T/c.ini" >"$T/o" 2>&1
+"$BIN" bench "$T/c.ini" bench.steps=2 >"$T/o" 2>&1
 grep -q "best of 4 measured between the steps" "$T/o" && ok || { bad "peak not interleaved:"; cat "$T/o"; }
 mfu=$(sed -n 's/^mfu: \([0-9.]*\)%.*/\1/p' "$T/o")
 if awk -v m="$mfu" 'BEGIN { exit !(m > 100) }'; then

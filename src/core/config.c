@@ -105,6 +105,13 @@ static const KeyDef KEYS[] = {
     {"fewshot", "l2_sweep", T_STR, F(fewshot_l2_sweep), "", NULL, NOMIN},
     {"fewshot", "per_class", T_INT, F(fewshot_per_class), "50", NULL, 1},
     {"dist", "expert_parallel", T_INT, F(expert_parallel), "0", NULL, 0},
+    {"bench", "steps", T_INT, F(bench_steps), "5", NULL, 1},
+    {"debug", "stop_at_step", T_LONG, F(debug_stop_at_step), "0", NULL, 0},
+    {"debug", "stop_rank", T_INT, F(debug_stop_rank), "-1", NULL, -1},
+    {"debug", "fail_at_step", T_LONG, F(debug_fail_at_step), "0", NULL, 0},
+    {"debug", "fail_rank", T_INT, F(debug_fail_rank), "-1", NULL, -1},
+    {"debug", "poison_at_step", T_LONG, F(debug_poison_at_step), "0", NULL, 0},
+    {"debug", "crash_before_rename", T_LONG, F(debug_crash_before_rename), "0", NULL, 0},
 };
 #define NKEYS (sizeof KEYS / sizeof KEYS[0])
 
@@ -868,13 +875,28 @@ static void format_value(const Config *c, const KeyDef *k, char *out, size_t out
     }
 }
 
+// True when some [debug] key differs from its default.
+static bool debug_set(const Config *c) {
+    for (size_t i = 0; i < NKEYS; i++) {
+        char value[CFG_PATH + 64];
+        if (strcmp(KEYS[i].section, "debug")) continue;
+        format_value(c, &KEYS[i], value, sizeof value);
+        if (strcmp(value, KEYS[i].def)) return true;
+    }
+    return false;
+}
+
 size_t config_to_ini(const Config *c, char *buf, size_t buflen) {
     Out o = {buf, buflen, 0};
     if (buf && buflen) buf[0] = '\0';
     out_printf(&o, "; softmoe resolved config: every key, as the run used it\n");
+    // The test-only [debug] hooks are no part of a run's recipe: absent
+    // unless set, so the config reloads to the same values either way.
+    const bool debug = debug_set(c);
     for (size_t i = 0; i < NKEYS; i++) {
         const KeyDef *k = &KEYS[i];
         char value[CFG_PATH + 64];
+        if (!debug && !strcmp(k->section, "debug")) continue;
         if (i == 0 || strcmp(k->section, KEYS[i - 1].section) != 0)
             out_printf(&o, "%s[%s]\n", i ? "\n" : "", k->section);
         format_value(c, k, value, sizeof value);

@@ -99,6 +99,18 @@ typedef struct {
 
     // [dist]
     int expert_parallel;         // 0 = all ranks
+
+    // [bench]
+    int bench_steps;             // timed steps of softmoe bench
+
+    // [debug]: test-only hooks (the tests set them as overrides). Not part of
+    // the recipe: written to the resolved config only when one is set.
+    long debug_stop_at_step;     // as if SIGTERM arrived during this step (0: off)
+    int debug_stop_rank;         // ... on this rank only (-1: every rank)
+    long debug_fail_at_step;     // a fatal error at this step (0: off)
+    int debug_fail_rank;         // ... on this rank only (-1: every rank)
+    long debug_poison_at_step;   // a NaN into Adam's v after this step's update (0: off)
+    long debug_crash_before_rename;  // exit(3) before renaming this step's checkpoint (0: off)
 } Config;
 
 // Fills every field with its default (the defaults describe a small dense ViT

@@ -77,6 +77,13 @@ static const struct { const char *name, *doc; } DOCS[] = {
     {"fewshot.l2_sweep", "comma-separated l2 values; the best mean is reported (empty: fewshot.l2)"},
     {"fewshot.per_class", "training images read per class for the probe"},
     {"dist.expert_parallel", "ranks per expert-parallel group (0: all ranks); must divide ranks and experts"},
+    {"bench.steps", "timed steps of softmoe bench (after its warm-up steps)"},
+    {"debug.stop_at_step", "test only: behave as if SIGTERM arrived during this step (0: off)"},
+    {"debug.stop_rank", "test only: debug.stop_at_step on this rank alone, as a signal to one node (-1: every rank)"},
+    {"debug.fail_at_step", "test only: a fatal error at this step (0: off)"},
+    {"debug.fail_rank", "test only: debug.fail_at_step on this rank alone (-1: every rank)"},
+    {"debug.poison_at_step", "test only: a NaN into Adam's v of the first tensor after this step's update (0: off)"},
+    {"debug.crash_before_rename", "test only: exit(3) after writing this step's checkpoint, before its rename (0: off)"},
 };
 
 const char *config_key_doc(const char *section, const char *key) {

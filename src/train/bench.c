@@ -241,7 +241,8 @@ static double loader_rate(const Config *c, int threads, int nb, float *img, floa
     return rate;
 }
 
-void bench_run(const Config *c, int steps) {
+void bench_run(const Config *c) {
+    const int steps = c->bench_steps;
     Vit m;
     vit_build(&m, c);
     const int B = c->batch_size;
@@ -361,7 +362,7 @@ void bench_run(const Config *c, int steps) {
     if (mfu > 100.0)
         printf("warning: mfu above 100%% means the %s peak was measured while the machine "
                "was busy (other jobs); rerun on a quieter machine or with more steps "
-               "(SOFTMOE_BENCH_STEPS)\n", bf16 && peak16 > 0 ? "bf16" : "sgemm");
+               "(bench.steps)\n", bf16 && peak16 > 0 ? "bf16" : "sgemm");
     printf("best_step_mfu: %.1f%% (at the best step)\n", 100.0 * 3.0 * fwd * B / tbest / 1e9 / peak);
     printf("peak_rss_mb: %.0f\n", (double)sm_peak_rss() / 1048576.0);
     if (d->n_moe) bench_blocks(d, B);

@@ -347,16 +347,14 @@ void ckpt_paths(const char *workdir, long step, char *final, char *tmp, size_t n
     snprintf(tmp, n, "%s/ckpt-%08ld.h5.tmp", workdir, step);
 }
 
-int ckpt_commit(const char *workdir, const char *tmp, const char *final, long step, char *err,
-                size_t n) {
+int ckpt_commit(const char *workdir, const char *tmp, const char *final, int crash_before_rename,
+                char *err, size_t n) {
     if (fsync_path(tmp, 0) != 0) {
         sm_fail(err, n, "checkpoint '%s': fsync failed: %s", tmp, strerror(errno));
         unlink(tmp);
         return -1;
     }
-    // Test hook: die between the complete write and the rename, as a crash would.
-    const char *crash = getenv("SOFTMOE_CRASH_BEFORE_RENAME");
-    if (crash && atol(crash) == step) _exit(3);
+    if (crash_before_rename) _exit(3);
     if (rename(tmp, final) != 0) {
         sm_fail(err, n, "checkpoint: renaming '%s' to '%s' failed: %s", tmp, final, strerror(errno));
         unlink(tmp);
@@ -377,7 +375,7 @@ int ckpt_save(const char *workdir, const CkptOut *c, char *err, size_t n) {
         unlink(tmp);
         return -1;
     }
-    return ckpt_commit(workdir, tmp, final, c->step, err, n);
+    return ckpt_commit(workdir, tmp, final, 0, err, n);
 }
 
 // ---- reading ----

@@ -43,8 +43,10 @@ int ckpt_save(const char *workdir, const CkptOut *c, char *err, size_t errlen);
 void ckpt_paths(const char *workdir, long step, char *final, char *tmp, size_t n);
 int ckpt_write_new(const char *tmp, const CkptOut *c, char *err, size_t errlen);
 int ckpt_write_experts(const char *tmp, const CkptOut *c, char *err, size_t errlen);
-int ckpt_commit(const char *workdir, const char *tmp, const char *final, long step, char *err,
-                size_t errlen);
+// crash_before_rename (debug.crash_before_rename, tests): exit(3) once the
+// file is complete and durable, before the rename, as a crash there would.
+int ckpt_commit(const char *workdir, const char *tmp, const char *final, int crash_before_rename,
+                char *err, size_t n);
 
 typedef struct {
     long step;

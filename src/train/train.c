@@ -143,7 +143,9 @@ static void save(Trainer *t, const Config *c, long step) {
         if (t->rank == 0) dist_recv_int(t->world - 1);
     }
     if (t->rank == 0) {
-        if (ckpt_commit(c->workdir, tmp, final, step, err, sizeof err) != 0) sm_die("%s", err);
+        if (ckpt_commit(c->workdir, tmp, final, step == c->debug_crash_before_rename, err,
+                        sizeof err) != 0)
+            sm_die("%s", err);
         ckpt_prune(c->workdir, c->keep_ckpts, c->keep_every);
     }
     dist_barrier();
@@ -633,24 +635,22 @@ void train_run(const Config *c, int quiet_arg, TrainResult *res) {
     res->steps_done = start;
     // Communication of the training steps alone (evaluations run collectives too).
     DistStats *ds = dist_stats(), st = {0}, st_log = {0};
-    // Test hooks: behave as if SIGTERM arrived during this step; or (rank
-    // SOFTMOE_FAIL_RANK) fail fatally at step SOFTMOE_FAIL_AT_STEP.
-    // (SOFTMOE_STOP_RANK: only that rank sees the signal, as when a
-    // scheduler signals the processes of one node.)
-    const char *stop_env = getenv("SOFTMOE_STOP_AT_STEP"), *stop_rank = getenv("SOFTMOE_STOP_RANK");
-    long stop_at = stop_env && (!stop_rank || atoi(stop_rank) == t.rank) ? atol(stop_env) : 0;
-    const char *fail_env = getenv("SOFTMOE_FAIL_AT_STEP"), *fail_rank = getenv("SOFTMOE_FAIL_RANK");
-    long fail_at = fail_env && (!fail_rank || atoi(fail_rank) == t.rank) ? atol(fail_env) : 0;
-    // (SOFTMOE_POISON_AT_STEP: a NaN lands in Adam's v of the first tensor
-    // after that step's update, as an overflowing gradient square would.)
-    const char *poison_env = getenv("SOFTMOE_POISON_AT_STEP");
-    long poison_at = poison_env ? atol(poison_env) : 0;
+    // Test hooks ([debug] keys): behave as if SIGTERM arrived during a step
+    // (on one rank only with debug.stop_rank, as when a scheduler signals the
+    // processes of one node); fail fatally at a step; put a NaN into Adam's v
+    // of the first tensor after a step's update, as an overflowing gradient
+    // square would.
+    const long stop_at = c->debug_stop_rank < 0 || c->debug_stop_rank == t.rank
+                             ? c->debug_stop_at_step : 0;
+    const long fail_at = c->debug_fail_rank < 0 || c->debug_fail_rank == t.rank
+                             ? c->debug_fail_at_step : 0;
+    const long poison_at = c->debug_poison_at_step;
     // Zero once: adam_update_zero leaves the gradients zero for the next step.
     vit_zero_grad(&t.m);
     const VitDims *d = &t.m.d;
     for (long step = start; step < c->steps; step++) {
         if (step + 1 == stop_at) g_stop = SIGTERM;
-        if (step + 1 == fail_at) sm_die("test hook SOFTMOE_FAIL_AT_STEP=%ld", fail_at);
+        if (step + 1 == fail_at) sm_die("test hook debug.fail_at_step=%ld", fail_at);
         DistStats before = *ds;
         double td = sm_now();
         next_batch(&t, c, step);
