@@ -10,6 +10,7 @@
 
 #include "core/common.h"
 #include "core/config.h"
+#include "core/jsonl.h"
 #include "data/classes.h"
 #include "data/shards.h"
 #include "model/vit.h"
@@ -338,8 +339,14 @@ static int cmd_eval(int argc, char **argv) {
     long step = from_ini ? 0 : info.step;
     ckpt_info_free(&info);
     double p1, loss;
-    if (eval_val(&m, &c, &p1, &loss, NULL))
-        printf("{\"step\": %ld, \"val/prec@1\": %.6g, \"val/loss\": %.6g}\n", step, p1, loss);
+    if (eval_val(&m, &c, &p1, &loss, NULL)) {
+        JsonLine j;
+        jsonl_begin(&j, stdout);
+        jsonl_int(&j, "step", step);
+        jsonl_num(&j, "val/prec@1", p1, 6);
+        jsonl_num(&j, "val/loss", loss, 6);
+        jsonl_end(&j);
+    }
     eval_fewshot(&m, &c, step, stdout, 0);
     if (!c.val[0] && !c.n_fewshot)
         fprintf(stderr, "softmoe: nothing to evaluate: set data.val or fewshot.<name>\n");

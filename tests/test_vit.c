@@ -60,7 +60,7 @@ static void check_model_moe(const char *pool, const char *posemb, int qk, const 
     Ctx c = {&m, img, tgt, B};
     vit_zero_grad(&m);
     vit_forward(&m, img, tgt, B);
-    vit_backward(&m, img, tgt, B);
+    vit_backward(&m, tgt, B);
     for (int i = 0; i < m.pt.n; i++) {
         const ParamSpec *s = &m.pt.t[i];
         double e = gc_check(model_loss, &c, m.params + s->offset, m.grads + s->offset, s->numel,

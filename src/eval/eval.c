@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "../core/common.h"
+#include "../core/jsonl.h"
 #include "../data/classes.h"
 #include "../data/loader.h"
 #include "../dist/dist.h"
@@ -256,7 +257,9 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
         int nte = eval_features(m, c, test, 0, train, &Xte, &yte);
         for (int i = 0; i < ntr; i++) K = ytr[i] + 1 > K ? ytr[i] + 1 : K;
         for (int i = 0; i < nte; i++) K = yte[i] + 1 > K ? yte[i] + 1 : K;
-        if (out) fprintf(out, "{\"step\": %ld", step);
+        JsonLine j;
+        jsonl_begin(&j, out);
+        jsonl_int(&j, "step", step);
         for (int s = 0; s < nshots; s++) {
             double best_l2 = 0;
             double acc = fewshot_eval(Xtr, ytr, ntr, Xte, yte, nte, m->d.D, K, (int)shots[s],
@@ -269,13 +272,13 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
                             c->fewshot_name[f], (int)shots[s], c->fewshot_per_class, (int)shots[s]);
                 continue;
             }
-            if (out) fprintf(out, ", \"fewshot/%s/%dshot\": %.6g", c->fewshot_name[f], (int)shots[s], acc);
+            jsonl_numf(&j, 6, acc, "fewshot/%s/%dshot", c->fewshot_name[f], (int)shots[s]);
             if (!quiet)
                 fprintf(stderr, "softmoe: step %ld: fewshot/%s/%dshot %.4f (l2 %g, %d seeds, %d "
                         "classes, %d test images)\n", step, c->fewshot_name[f], (int)shots[s], acc,
                         best_l2, c->fewshot_seeds, K, nte);
         }
-        if (out) fprintf(out, "}\n"), fflush(out);
+        jsonl_end(&j);
         free(Xtr), free(ytr), free(Xte), free(yte);
     }
 }

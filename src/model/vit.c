@@ -399,7 +399,7 @@ static void plan_gemms(Vit *m, int B) {
     float *tgt = sm_calloc((size_t)B * d->K, sizeof(float));
     gemm_plan_begin();
     vit_forward(m, img, tgt, B);
-    vit_backward(m, img, tgt, B);
+    vit_backward(m, tgt, B);
     gemm_plan_end();
     vit_zero_grad(m);
     free(img);

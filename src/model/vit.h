@@ -97,6 +97,7 @@ typedef struct {
     VitDims d;
     ParamTable pt;
     int B;                           // batch the activations are sized for
+    int fwd_B;                       // batch of the last vit_forward (vit_backward's)
     int precision;                   // GEMM_FP32 | GEMM_BF16 (train.precision, gemm.h)
     float *params, *grads;           // one block each, pt.total floats
     VitW w, g;
@@ -131,12 +132,14 @@ void vit_alloc(Vit *m, int B);
 void vit_free(Vit *m);
 // Draws the initial parameters (docs/maths.md init rules) from the seed.
 void vit_init(Vit *m, uint64_t seed);
-// images (B,S,S,C); targets (B,K) or NULL. Fills logits and pre-logits;
+// images (B,S,S,C); targets (B,K) or NULL; B at most the batch vit_alloc
+// sized the activations for (dies otherwise). Fills logits and pre-logits;
 // returns the mean loss (0 without targets), without the auxiliary loss,
 // which goes to m->aux_loss (the training objective is their sum).
 double vit_forward(Vit *m, const float *images, const float *targets, int B);
-// Accumulates d(mean loss + aux loss)/d(params) into m->grads; call after vit_forward.
-void vit_backward(Vit *m, const float *images, const float *targets, int B);
+// Accumulates d(mean loss + aux loss)/d(params) into m->grads for the B
+// images of the vit_forward just before (the same B, targets (B,K)).
+void vit_backward(Vit *m, const float *targets, int B);
 void vit_zero_grad(Vit *m);
 // Forward FLOPs per image (a multiply-add is 2 FLOPs).
 double vit_flops_per_image(const VitDims *d);

@@ -1,6 +1,7 @@
 // ViT forward and backward: the step top to bottom, backward in exact reverse.
 #include <string.h>
 
+#include "../core/common.h"
 #include "gemm.h"
 #include "layers.h"
 #include "vit.h"
@@ -87,8 +88,11 @@ double vit_forward(Vit *m, const float *images, const float *targets, int B) {
     const VitDims *d = &m->d;
     VitActs *a = &m->a;
     const int BN = B * d->N;
+    SM_CHECK(B >= 1 && B <= m->B, "vit_forward: batch %d, but the activations hold %d images "
+             "(vit_alloc)", B, m->B);
     int saveB = m->B;
     m->B = B;
+    m->fwd_B = B;
     gemm_set_precision(m->precision);
     m->aux_loss = 0;
     patch_forward(a->emb, a->patches, images, m->w.emb_w, m->w.emb_b, B, d->S, d->C, d->P, d->D);
@@ -200,8 +204,9 @@ static void embed_backward(Vit *m, int B) {
                    d->P, D);
 }
 
-void vit_backward(Vit *m, const float *images, const float *targets, int B) {
-    (void)images;
+void vit_backward(Vit *m, const float *targets, int B) {
+    SM_CHECK(B == m->fwd_B, "vit_backward: batch %d, but the forward before ran %d images", B,
+             m->fwd_B);
     const VitDims *d = &m->d;
     VitActs *a = &m->a;
     gemm_set_precision(m->precision);

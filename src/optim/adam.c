@@ -1,5 +1,7 @@
 // Adam with decoupled, per-tensor weight decay over the parameter block.
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../core/common.h"
 #include "optim.h"
@@ -94,4 +96,31 @@ void adam_update_zero(float *params, float *grads, float *m, float *v,
                       const ParamTable *pt, const float *wd, double lr, double b1,
                       double b2, double eps, long t, float gscale) {
     adam_all(params, grads, m, v, pt, wd, lr, b1, b2, eps, t, gscale, 1);
+}
+
+void optim_init(Optim *o, const ParamTable *pt, const Config *c) {
+    o->m = sm_aligned(pt->total * sizeof(float));
+    o->v = sm_aligned(pt->total * sizeof(float));
+    optim_zero(o, pt);
+    WdRule rules[WD_MAX_RULES];
+    char err[1024];
+    int nr = wd_parse(c->wd, rules, WD_MAX_RULES, err, sizeof err);
+    if (nr < 0) sm_die("%s", err);
+    o->wd = sm_malloc((size_t)pt->n * sizeof(float));
+    wd_per_tensor(rules, nr, pt, o->wd);
+}
+
+void optim_zero(Optim *o, const ParamTable *pt) {
+    memset(o->m, 0, pt->total * sizeof(float));
+    memset(o->v, 0, pt->total * sizeof(float));
+}
+
+void optim_free(Optim *o) {
+    free(o->m), free(o->v), free(o->wd);
+    *o = (Optim){0};
+}
+
+void optim_step(Optim *o, float *params, float *grads, const ParamTable *pt, const Config *c,
+                double lr, long step, float gscale) {
+    adam_update_zero(params, grads, o->m, o->v, pt, o->wd, lr, c->b1, c->b2, c->eps, step, gscale);
 }

@@ -83,3 +83,20 @@ void adam_update(float *params, const float *grads, float *m, float *v,
 void adam_update_zero(float *params, float *grads, float *m, float *v,
                       const ParamTable *pt, const float *wd, double lr, double b1,
                       double b2, double eps, long t, float gscale);
+
+// ---- the optimiser's state (adam.c), as train and bench hold it ----
+
+typedef struct {
+    float *m, *v;             // Adam's moments, laid out as the parameter block (pt->total)
+    float *wd;                // (pt->n) weight decay of each tensor, from optim.wd
+} Optim;
+
+// Zero moments for pt and every tensor's decay from c->wd (dies naming
+// optim.wd on a bad rule).
+void optim_init(Optim *o, const ParamTable *pt, const Config *c);
+void optim_zero(Optim *o, const ParamTable *pt);
+void optim_free(Optim *o);
+// adam_update_zero with c's b1, b2, eps: update `step` (1-based) at lr, every
+// gradient times gscale (clipping, 1/W, 1/micro-steps); leaves grads zero.
+void optim_step(Optim *o, float *params, float *grads, const ParamTable *pt, const Config *c,
+                double lr, long step, float gscale);

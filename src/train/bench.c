@@ -297,7 +297,7 @@ void bench_run(const Config *c) {
         m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = s};  // routing noise on, as in training
         vit_forward(&m, img, tgt, B);
         double t1 = sm_now();
-        vit_backward(&m, img, tgt, B);
+        vit_backward(&m, tgt, B);
         double t2 = sm_now();
         float gs = clip_factor(l2_norm(m.grads, n), 1.0);
         adam_update_zero(m.params, m.grads, opt_m, opt_v, &m.pt, wd, 1e-4, 0.9, 0.999, 1e-8, s + 1,
