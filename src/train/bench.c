@@ -17,6 +17,7 @@
 #include "../model/moe.h"
 #include "../model/vit.h"
 #include "../optim/optim.h"
+#include "train.h"
 
 // Operands of the sgemm peak measurement, allocated once.
 typedef struct { float *a, *b, *c; int n; } Peak;
@@ -241,44 +242,86 @@ static double loader_rate(const Config *c, int threads, int nb, float *img, floa
     return rate;
 }
 
-void bench_run(const Config *c) {
-    const int steps = c->bench_steps;
+// The timed step's model, optimiser and inputs.
+typedef struct {
     Vit m;
-    vit_build(&m, c);
-    const int B = c->batch_size;
-    vit_alloc(&m, B);
-    vit_init(&m, c->seed);
-    const VitDims *d = &m.d;
-    const size_t n = m.pt.total;
+    Optim opt;
+    float *img, *tgt;            // (B,S,S,C), (B,K)
+    int B, mb, nmicro;           // images per step, per forward/backward, micro-steps
+    Loader *ld;                  // data.train on shards (NULL: the random batch)
+} Bench;
+
+static void bench_setup(Bench *b, const Config *c) {
+    memset(b, 0, sizeof *b);
+    vit_build(&b->m, c);
+    char err[1024];
+    b->B = c->batch_size;
+    b->mb = train_micro_batch(c, 1, err, sizeof err);
+    if (b->mb < 0) sm_die("%s", err);
+    b->nmicro = b->B / b->mb;
+    vit_alloc(&b->m, b->mb);
+    vit_init(&b->m, c->seed);
+    optim_init(&b->opt, &b->m.pt, c);  // the config's weight decay
+    const VitDims *d = &b->m.d;
     // non-zero head so the backward does full work from the first step
     Rng r;
     rng_seed(&r, 1, 2);
-    for (size_t i = 0; i < (size_t)d->D * d->K; i++) m.w.head_w[i] = 0.01f * rng_normal(&r);
-    float *opt_m = sm_aligned(n * sizeof(float)), *opt_v = sm_aligned(n * sizeof(float));
-    memset(opt_m, 0, n * sizeof(float));
-    memset(opt_v, 0, n * sizeof(float));
-    float *wd = sm_calloc((size_t)m.pt.n, sizeof(float));
-    size_t npix = (size_t)B * d->S * d->S * d->C;
-    float *img = sm_aligned(npix * sizeof(float));
-    float *tgt = sm_calloc((size_t)B * d->K, sizeof(float));
-    for (size_t i = 0; i < npix; i++) img[i] = rng_normal(&r);
-    for (int b = 0; b < B; b++) tgt[(size_t)b * d->K + (size_t)b % d->K] = 1.0f;
+    for (size_t i = 0; i < (size_t)d->D * d->K; i++) b->m.w.head_w[i] = 0.01f * rng_normal(&r);
+    size_t npix = (size_t)b->B * d->S * d->S * d->C;
+    b->img = sm_aligned(npix * sizeof(float));
+    b->tgt = sm_calloc((size_t)b->B * d->K, sizeof(float));
+    for (size_t i = 0; i < npix; i++) b->img[i] = rng_normal(&r);
+    for (int i = 0; i < b->B; i++) b->tgt[(size_t)i * d->K + (size_t)i % d->K] = 1.0f;
+    if (!strcmp(c->source, "synthetic")) return;
+    for (int th = 1; th <= 2; th++)
+        printf("loader: %.1f img/s with %d decode thread%s (%s, %s)\n",
+               loader_rate(c, th, c->bench_steps < 5 ? 4 * c->bench_steps : 20, b->img, b->tgt),
+               th, th > 1 ? "s" : "", c->train, c->pp_train);
+    LoaderSpec sp = loader_spec_config(c, 1);
+    sp.quiet = 1;
+    b->ld = loader_open(&sp, err, sizeof err);
+    if (!b->ld) sm_die("%s (data.train)", err);
+}
 
-    Loader *ld = NULL;
-    if (strcmp(c->source, "synthetic")) {
-        for (int th = 1; th <= 2; th++)
-            printf("loader: %.1f img/s with %d decode thread%s (%s, %s)\n",
-                   loader_rate(c, th, steps < 5 ? 4 * steps : 20, img, tgt), th, th > 1 ? "s" : "", c->train, c->pp_train);
-        LoaderSpec sp = loader_spec_config(c, 1);
-        sp.quiet = 1;
-        char err[1024];
-        ld = loader_open(&sp, err, sizeof err);
-        if (!ld) sm_die("%s (data.train)", err);
+static void bench_free(Bench *b) {
+    loader_close(b->ld);
+    optim_free(&b->opt);
+    free(b->img), free(b->tgt);
+    vit_free(&b->m);
+}
+
+// Seconds of the phases of the timed steps (sums), the best step, the peaks.
+typedef struct {
+    double fwd, bwd, upd, wait, best, peak32, peak_lo;
+} Times;
+
+// One training step as train.c runs it on one rank: every micro-batch
+// forward and backward, then clipping (optim.clip) and Adam with the
+// config's weight decay at the schedule's learning rate.
+static void timed_step(Bench *b, const Config *c, int s, double *tf, double *tb, double *tu) {
+    const VitDims *d = &b->m.d;
+    for (int k = 0; k < b->nmicro; k++) {
+        const float *img = b->img + (size_t)k * b->mb * d->S * d->S * d->C;
+        const float *tgt = b->tgt + (size_t)k * b->mb * d->K;
+        double ta = sm_now();
+        b->m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = s, .img0 = (long)k * b->mb};
+        vit_forward(&b->m, img, tgt, b->mb);  // routing noise on, as in training
+        double t1 = sm_now();
+        *tf += t1 - ta;
+        vit_backward(&b->m, tgt, b->mb);
+        *tb += sm_now() - t1;
     }
-    double tf = 0, tb = 0, tu = 0, tw = 0, peak32 = 0, peak_lo = 1e30, tbest = 1e30;
-    const int warm = 2;
-    GemmInfo g0;
-    gemm_info(&g0);
+    double t2 = sm_now();
+    double gnorm = l2_norm(b->m.grads, b->m.pt.total) / b->nmicro;
+    optim_step(&b->opt, b->m.params, b->m.grads, &b->m.pt, c, sched_lr(c, s), s + 1,
+               clip_factor(gnorm, c->clip) / (float)b->nmicro);
+    *tu += sm_now() - t2;
+}
+
+// warm + steps training steps; the sgemm peak measured after each timed one.
+static void time_steps(Bench *b, const Config *c, int warm, Times *tm) {
+    const int steps = c->bench_steps;
+    *tm = (Times){.best = 1e30, .peak_lo = 1e30};
     // The machine is shared: other jobs slow the model and the peak alike,
     // but not always at the same moments. So the sgemm peak is measured
     // between the model steps (one 2048^3 sgemm after each, plus one before),
@@ -286,72 +329,86 @@ void bench_run(const Config *c) {
     Peak pk;
     peak_init(&pk, 2048);
     peak_once(&pk);  // warms caches and threads
-    // The gradients start at zero and adam_update_zero leaves them zero, so
-    // no step needs vit_zero_grad (as in train.c).
-    vit_zero_grad(&m);
+    // The gradients start at zero and Adam leaves them zero, so no step
+    // needs vit_zero_grad (as in train.c).
+    vit_zero_grad(&b->m);
     for (int s = 0; s < warm + steps; s++) {
         double tl = sm_now();
-        if (ld) loader_next(ld, img, tgt, NULL);
-        if (s >= warm) tw += sm_now() - tl;
-        double t0 = sm_now();
-        m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = s};  // routing noise on, as in training
-        vit_forward(&m, img, tgt, B);
-        double t1 = sm_now();
-        vit_backward(&m, tgt, B);
-        double t2 = sm_now();
-        float gs = clip_factor(l2_norm(m.grads, n), 1.0);
-        adam_update_zero(m.params, m.grads, opt_m, opt_v, &m.pt, wd, 1e-4, 0.9, 0.999, 1e-8, s + 1,
-                         gs);
-        double t3 = sm_now();
+        if (b->ld) loader_next(b->ld, b->img, b->tgt, NULL);
+        double t0 = sm_now(), f = 0, bw = 0, u = 0;
+        timed_step(b, c, s, &f, &bw, &u);
         if (s >= warm) {
-            tf += t1 - t0, tb += t2 - t1, tu += t3 - t2;
-            tbest = t3 - t0 < tbest ? t3 - t0 : tbest;
+            tm->wait += t0 - tl;
+            tm->fwd += f, tm->bwd += bw, tm->upd += u;
+            tm->best = sm_now() - t0 < tm->best ? sm_now() - t0 : tm->best;
             double gf = peak_once(&pk);
-            peak32 = gf > peak32 ? gf : peak32;
-            peak_lo = gf < peak_lo ? gf : peak_lo;
+            tm->peak32 = gf > tm->peak32 ? gf : tm->peak32;
+            tm->peak_lo = gf < tm->peak_lo ? gf : tm->peak_lo;
         }
         if (s == warm + steps - 2) gemm_reset_calls();  // count the last step's products
     }
-    GemmInfo gi;
-    gemm_info(&gi);
     for (int r = 0; r < 2; r++) {  // at least three peak samples, however few the steps
         double gf = peak_once(&pk);
-        peak32 = gf > peak32 ? gf : peak32;
-        peak_lo = gf < peak_lo ? gf : peak_lo;
+        tm->peak32 = gf > tm->peak32 ? gf : tm->peak32;
+        tm->peak_lo = gf < tm->peak_lo ? gf : tm->peak_lo;
     }
     peak_free(&pk);
+}
+
+// Which products the step ran in which precision; g0 before the first step.
+static void print_precision(int bf16, const VitDims *d, const GemmInfo *g0, const GemmInfo *gi) {
+    if (!bf16)
+        printf("precision: fp32 (sgemm%s)\n", d->n_moe ? ", few-row AVX-512 kernels for the experts" : "");
+    else if (gi->have_dnnl && gi->sgemm_plans < gi->plans)
+        printf("precision: bf16 (oneDNN %s, isa %s: %s; %d product shapes planned at build, %d "
+               "later, %d through rounded sgemm)\n", gi->version, gi->isa, gi->impls, g0->plans,
+               gi->late_plans, gi->sgemm_plans);
+    else
+        printf("precision: bf16 (bf16-rounded inputs through sgemm: %s; same numbers, no speed-up; "
+               "%d product shapes planned at build, %d later)\n",
+               gi->have_dnnl ? "oneDNN has no bf16 matmul for this CPU" : "built without oneDNN",
+               g0->plans, gi->late_plans);
+}
+
+void bench_run(const Config *c) {
+    const int steps = c->bench_steps, warm = 2;
+    Bench b;
+    bench_setup(&b, c);
+    const VitDims *d = &b.m.d;
+    const size_t n = b.m.pt.total;
+    const int B = b.B;
+    GemmInfo g0;
+    gemm_info(&g0);
+    Times tm;
+    time_steps(&b, c, warm, &tm);
+    double tf = tm.fwd, tb = tm.bwd, tu = tm.upd, tw = tm.wait, tbest = tm.best;
+    double peak32 = tm.peak32, peak_lo = tm.peak_lo;
+    GemmInfo gi;
+    gemm_info(&gi);
     // Test hook: a peak as a busy machine would measure it, to prove the warning.
     const char *fake = getenv("SOFTMOE_BENCH_PEAK");
     if (fake) peak32 = atof(fake);
-    loader_close(ld);
     double step = (tf + tb + tu) / steps;
     double fwd = vit_flops_per_image(d);
     // training FLOPs: forward + backward (2x forward) per image
     double gflops = 3.0 * fwd * B / step / 1e9;
     double peak16 = gemm_bf16_peak(2048, 3);
-    const int bf16 = m.precision != GEMM_FP32;
+    const int bf16 = b.m.precision != GEMM_FP32;
     double peak = bf16 && peak16 > 0 ? peak16 : peak32;
     printf("model: D=%d L=%d H=%d M=%d patch=%d image=%d N=%d K=%d pool=%s, %.2fM params\n",
            d->D, d->L, d->H, d->M, d->P, d->S, d->N, d->K, c->pool, (double)n / 1e6);
-    printf("batch: %d, steps timed: %d (after %d warm-up)\n", B, steps, warm);
+    if (b.nmicro > 1)
+        printf("batch: %d in %d micro-steps of %d, steps timed: %d (after %d warm-up)\n", B,
+               b.nmicro, b.mb, steps, warm);
+    else printf("batch: %d, steps timed: %d (after %d warm-up)\n", B, steps, warm);
     printf("step: %.3f s (forward %.3f, backward %.3f, clip+adam %.3f)\n", step, tf / steps,
            tb / steps, tu / steps);
     printf("img_per_s: %.2f\n", B / step);
     printf("best_step: %.3f s (%.2f img/s, best of %d)\n", tbest, B / tbest, steps);
-    if (ld) printf("data_wait: %.1f%% of the step (%.4f s per batch)\n",
+    if (b.ld) printf("data_wait: %.1f%% of the step (%.4f s per batch)\n",
                    100.0 * tw / steps / (step + tw / steps), tw / steps);
     printf("model_gflops_per_s: %.1f (3 x %.3f GFLOP forward per image)\n", gflops, fwd / 1e9);
-    if (!bf16)
-        printf("precision: fp32 (sgemm%s)\n", d->n_moe ? ", few-row AVX-512 kernels for the experts" : "");
-    else if (gi.have_dnnl && gi.sgemm_plans < gi.plans)
-        printf("precision: bf16 (oneDNN %s, isa %s: %s; %d product shapes planned at build, %d "
-               "later, %d through rounded sgemm)\n", gi.version, gi.isa, gi.impls, g0.plans,
-               gi.late_plans, gi.sgemm_plans);
-    else
-        printf("precision: bf16 (bf16-rounded inputs through sgemm: %s; same numbers, no speed-up; "
-               "%d product shapes planned at build, %d later)\n",
-               gi.have_dnnl ? "oneDNN has no bf16 matmul for this CPU" : "built without oneDNN",
-               g0.plans, gi.late_plans);
+    print_precision(bf16, d, &g0, &gi);
     printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of %d measured between the steps; "
            "lowest %.1f)\n", peak32, steps + 2, peak_lo);
     if (peak16 > 0) printf("bf16_gemm_peak_gflops_per_s: %.1f (oneDNN, 2048^3, best of 3)\n", peak16);
@@ -365,8 +422,7 @@ void bench_run(const Config *c) {
                "(bench.steps)\n", bf16 && peak16 > 0 ? "bf16" : "sgemm");
     printf("best_step_mfu: %.1f%% (at the best step)\n", 100.0 * 3.0 * fwd * B / tbest / 1e9 / peak);
     printf("peak_rss_mb: %.0f\n", (double)sm_peak_rss() / 1048576.0);
-    if (d->n_moe) bench_blocks(d, B);
+    if (d->n_moe) bench_blocks(d, b.mb);
     if (bf16 && getenv("SOFTMOE_BENCH_SHAPES")) bench_shapes();
-    free(opt_m); free(opt_v); free(wd); free(img); free(tgt);
-    vit_free(&m);
+    bench_free(&b);
 }
