@@ -93,8 +93,9 @@ static void user_error(int code, const char *msg) {
     exit(code);
 }
 
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+static int is_ini(const struct dirent *e) {
+    size_t len = strlen(e->d_name);
+    return len > 4 && !strcmp(e->d_name + len - 4, ".ini");
 }
 
 // A config path that does not exist: say which configs do (in its directory,
@@ -104,24 +105,19 @@ static void check_config_path(const char *path) {
     char dir[4096], msg[8192];
     const char *slash = strrchr(path, '/');
     snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
-    DIR *d = opendir(dir);
-    if (!d) snprintf(dir, sizeof dir, "configs"), d = opendir(dir);
     int n = snprintf(msg, sizeof msg, "config file '%s' cannot be read (%s)", path, strerror(errno));
-    char *names[256];
-    int k = 0;
-    for (struct dirent *e; d && (e = readdir(d)) && k < 256;) {
-        size_t len = strlen(e->d_name);
-        if (len > 4 && !strcmp(e->d_name + len - 4, ".ini")) names[k++] = strdup(e->d_name);
-    }
-    if (d) closedir(d);
-    qsort(names, (size_t)k, sizeof *names, cmp_str);
-    if (k && n > 0 && (size_t)n < sizeof msg)
+    struct dirent **names = NULL;
+    int k = scandir(dir, &names, is_ini, alphasort);
+    if (k < 0) snprintf(dir, sizeof dir, "configs"), k = scandir(dir, &names, is_ini, alphasort);
+    if (k > 0 && n > 0 && (size_t)n < sizeof msg)
         n += snprintf(msg + n, sizeof msg - (size_t)n, "; configs in %s/:", dir);
     for (int i = 0; i < k; i++) {
+        const char *name = names[i]->d_name;
         if (n > 0 && (size_t)n < sizeof msg)
-            n += snprintf(msg + n, sizeof msg - (size_t)n, " %.*s", (int)strlen(names[i]) - 4, names[i]);
+            n += snprintf(msg + n, sizeof msg - (size_t)n, " %.*s", (int)strlen(name) - 4, name);
         free(names[i]);
     }
+    if (k >= 0) free(names);
     user_error(2, msg);
 }
 

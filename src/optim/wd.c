@@ -1,22 +1,14 @@
 // Per-tensor weight decay: parsing optim.wd and matching its name patterns.
 #include <ctype.h>
+#include <fnmatch.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/common.h"
 #include "optim.h"
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 // Narrows [*s, *e) to exclude surrounding whitespace.
 static void trim(const char **s, const char **e) {
@@ -41,18 +33,18 @@ static int parse_entry(const char *s, const char *e, WdRule *r, char *err, size_
     int len = (int)(e - s);
     const char *colon = memchr(s, ':', (size_t)(e - s));
     if (!colon)
-        return fail(err, errlen, "optim.wd: entry '%.*s' is not pattern:value "
+        return sm_fail(err, errlen, "optim.wd: entry '%.*s' is not pattern:value "
                     "(e.g. */kernel:0.03)", len, s);
     const char *ps = s, *pe = colon, *vs = colon + 1, *ve = e;
     trim(&ps, &pe);
     trim(&vs, &ve);
     if (ps == pe)
-        return fail(err, errlen, "optim.wd: entry '%.*s' has an empty pattern", len, s);
+        return sm_fail(err, errlen, "optim.wd: entry '%.*s' has an empty pattern", len, s);
     if (pe - ps >= WD_PATTERN)
-        return fail(err, errlen, "optim.wd: entry '%.*s': pattern longer than %d characters",
+        return sm_fail(err, errlen, "optim.wd: entry '%.*s': pattern longer than %d characters",
                     len, s, WD_PATTERN - 1);
     if (parse_value(vs, ve, &r->value) != 0)
-        return fail(err, errlen, "optim.wd: entry '%.*s': value '%.*s' is not a number >= 0",
+        return sm_fail(err, errlen, "optim.wd: entry '%.*s': value '%.*s' is not a number >= 0",
                     len, s, (int)(ve - vs), vs);
     memcpy(r->pattern, ps, (size_t)(pe - ps));
     r->pattern[pe - ps] = '\0';
@@ -70,9 +62,9 @@ int wd_parse(const char *spec, WdRule *rules, int max_rules, char *err, size_t e
         const char *es = p, *ee = q;
         trim(&es, &ee);
         if (es == ee)
-            return fail(err, errlen, "optim.wd: empty entry in '%s' (stray comma?)", spec);
+            return sm_fail(err, errlen, "optim.wd: empty entry in '%s' (stray comma?)", spec);
         if (n == max_rules)
-            return fail(err, errlen, "optim.wd: more than %d entries, at '%.*s'",
+            return sm_fail(err, errlen, "optim.wd: more than %d entries, at '%.*s'",
                         max_rules, (int)(ee - es), es);
         if (parse_entry(es, ee, &rules[n], err, errlen) != 0) return -1;
         n++;
@@ -82,26 +74,17 @@ int wd_parse(const char *spec, WdRule *rules, int max_rules, char *err, size_t e
 }
 
 int wd_glob_match(const char *p, const char *s) {
-    // Greedy match with backtracking to the last '*': on a mismatch the last
-    // star swallows one more character. Earlier stars never need to retry,
-    // because a star alone can absorb anything a previous one could.
-    const char *star = NULL, *resume = NULL;
-    while (*s) {
-        if (*p == '*') {
-            star = p++;
-            resume = s;
-        } else if (*p == *s) {
-            p++;
-            s++;
-        } else if (star) {
-            p = star + 1;
-            s = ++resume;
-        } else {
-            return 0;
-        }
+    // fnmatch(3) without FNM_PATHNAME: '*' runs across '/'. The other
+    // characters fnmatch treats specially ('?', '[', '\\') are escaped, so
+    // only '*' is special in optim.wd, as documented.
+    char esc[2 * WD_PATTERN + 1];
+    size_t n = 0;
+    for (; *p && n + 2 < sizeof esc; p++) {
+        if (*p == '?' || *p == '[' || *p == '\\') esc[n++] = '\\';
+        esc[n++] = *p;
     }
-    while (*p == '*') p++;
-    return *p == '\0';
+    esc[n] = '\0';
+    return fnmatch(esc, s, 0) == 0;
 }
 
 void wd_per_tensor(const WdRule *rules, int n, const ParamTable *pt, float *out) {
