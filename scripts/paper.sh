@@ -24,6 +24,9 @@
 #   PAPER_OUT=DIR     default runs/paper
 #   PAPER_TRAIN, PAPER_TEST  shard patterns (default data/fmnist's; the tests use tiny ones)
 #   PAPER_BENCH=0     skip the throughput-vs-experts table (bench_experts.txt)
+#   PAPER_JOBS=N      N runs at a time, each on one thread (OMP_NUM_THREADS=1
+#                     unless set), the largest first; default 1 (one run at a
+#                     time on every core)
 #   BIN=...           default build/softmoe
 # Usage: sh scripts/paper.sh
 set -eu
@@ -36,6 +39,8 @@ CFG=configs/paper_fmnist.ini
 TRAIN=${PAPER_TRAIN:-}; [ -n "$TRAIN" ] || TRAIN='data/fmnist/train-{000000..000005}.tar'
 TEST=${PAPER_TEST:-}; [ -n "$TEST" ] || TEST='data/fmnist/test-{000000..000000}.tar'
 FEW="fmnist=$TRAIN|$TEST"
+JOBS=${PAPER_JOBS:-1}
+case $JOBS in ''|*[!0-9]*|0) echo "paper.sh: PAPER_JOBS must be a positive integer" >&2; exit 2 ;; esac
 case $STEPS in ''|*[!0-9]*) echo "paper.sh: PAPER_STEPS must be a positive integer" >&2; exit 2 ;; esac
 [ "$STEPS" -ge 1 ] || { echo "paper.sh: PAPER_STEPS must be a positive integer" >&2; exit 2; }
 mkdir -p "$OUT"
@@ -53,13 +58,21 @@ wanted() {
 # field JSON_LINES KEY: the value of "KEY" in the last line that has it
 field() { grep "\"$2\"" "$1" | tail -1 | sed -E "s#.*\"$2\": ([^,}]*).*#\1#"; }
 
-# run NAME FAMILY ROUTER WIDTH EXPERTS SLOTS K OVERRIDES...
+# run NAME FAMILY ROUTER WIDTH EXPERTS SLOTS K OVERRIDES...: at once, or
+# with PAPER_JOBS > 1 in the background once one of the JOBS tokens in the
+# pipe on fd 3 is free (a failed run leaves $OUT/.failed)
 run() {
+    wanted "$1" || return 0
+    [ -f "$OUT/$1/row.csv" ] && { echo "paper: $1 done, skipped"; return 0; }
+    [ "$JOBS" = 1 ] && { run_one "$@"; return; }
+    read -r _ <&3
+    ( if run_one "$@"; then :; else : >"$OUT/.failed"; fi; echo >&3 ) &
+}
+
+run_one() {
     name=$1 family=$2 router=$3 width=$4 experts=$5 slots=$6 k=$7
     shift 7
-    wanted "$name" || return 0
     w="$OUT/$name"
-    if [ -f "$w/row.csv" ]; then echo "paper: $name done, skipped"; return 0; fi
     mkdir -p "$w"
     echo "paper: $name ($STEPS steps)"
     heads=$((width / 32)); [ "$heads" -lt 2 ] && heads=2
@@ -93,20 +106,31 @@ run() {
                g, 3 * g * st * b, cs, st * b / wall, p1, fs, tl, d }' >"$w/row.csv"
 }
 
-for W in 32 64 128; do
+rm -f "$OUT/.failed"
+if [ "$JOBS" -gt 1 ]; then
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
+    fifo="$OUT/.jobs.$$"
+    mkfifo "$fifo" && exec 3<>"$fifo" && rm -f "$fifo"
+    i=0; while [ "$i" -lt "$JOBS" ]; do echo >&3; i=$((i + 1)); done
+fi
+
+# backbone W: its dense ViT, then Soft MoE and the sparse routers at each expert count
+family() {
+    W=$1
     run "dense-w$W" dense none "$W" 0 "" ""
-done
-for W in 32 64 128; do
-    for E in 16 32; do
-        run "soft-w$W-e$E" softmoe soft "$W" "$E" 1 "" moe.experts="$E" moe.slots=1
-        run "tc1-w$W-e$E" tokens_choice tokens_choice "$W" "$E" "" 1 moe.experts="$E" \
-            moe.router=tokens_choice moe.k=1 moe.bpr=true moe.group_size=8 moe.capacity_factor=1.0
+    for E in 32 16; do
         run "tc2-w$W-e$E" tokens_choice tokens_choice "$W" "$E" "" 2 moe.experts="$E" \
             moe.router=tokens_choice moe.k=2 moe.bpr=true moe.group_size=8 moe.capacity_factor=1.0
         run "ec-w$W-e$E" experts_choice experts_choice "$W" "$E" "" "" moe.experts="$E" \
             moe.router=experts_choice moe.group_size=1 moe.capacity_factor=1.0
+        run "tc1-w$W-e$E" tokens_choice tokens_choice "$W" "$E" "" 1 moe.experts="$E" \
+            moe.router=tokens_choice moe.k=1 moe.bpr=true moe.group_size=8 moe.capacity_factor=1.0
+        run "soft-w$W-e$E" softmoe soft "$W" "$E" 1 "" moe.experts="$E" moe.slots=1
     done
-done
+}
+# the largest first, so that PAPER_JOBS > 1 ends with the small runs
+family 128
+family 64
 A="moe.experts=49 moe.slots=1 moe.shared_init=false"
 # shellcheck disable=SC2086
 {
@@ -116,6 +140,9 @@ run abl-uniform_soft ablation soft 64 49 1 "" $A moe.dispatch=uniform moe.combin
 run abl-soft_uniform ablation soft 64 49 1 "" $A moe.dispatch=soft moe.combine=uniform
 run abl-identity ablation identity 64 49 1 "" $A moe.router=identity
 }
+family 32
+wait
+[ ! -e "$OUT/.failed" ] || { rm -f "$OUT/.failed"; echo "paper: some runs failed (above); rerun to resume them" >&2; exit 1; }
 
 { echo "$HEADER"; for f in "$OUT"/*/row.csv; do [ -f "$f" ] && cat "$f"; done; } >"$OUT/results.csv"
 # The Figure 6 analogue (throughput against experts), once.

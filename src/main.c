@@ -220,8 +220,7 @@ static int cmd_params(const Config *c) {
     if (m.d.E)
         printf("moe: router %s, %d experts x %d rows per group of %d image%s (%s)\n",
                m.d.router->name, m.d.E, m.d.EP, m.d.group, m.d.group > 1 ? "s" : "",
-               m.d.router == moe_router_find("soft") || m.d.router == moe_router_find("identity")
-                   ? "slots" : "capacity");
+               m.d.router->rows_are);
     MemEstimate me;
     char mem[256], err[512];
     int mb = train_micro_batch(c, 1, err, sizeof err);

@@ -31,6 +31,14 @@ sh scripts/paper.sh >"$T/out2" 2>&1 || bad "second paper.sh"
     { bad "second invocation did not skip both runs"; cat "$T/out2"; }
 [ "$(wc -l <"$csv")" = 3 ] && ok || bad "results.csv changed on the second invocation"
 PAPER_STEPS=0 sh scripts/paper.sh >/dev/null 2>&1 && bad "PAPER_STEPS=0 accepted" || ok
+# two runs at a time: both rows, the same columns, and a failed run reported
+PAPER_JOBS=2 PAPER_OUT="$T/jobs" sh scripts/paper.sh >"$T/out3" 2>&1 || { bad "PAPER_JOBS=2"; cat "$T/out3"; }
+[ "$(wc -l <"$T/jobs/results.csv")" = 3 ] && [ "$(head -1 "$T/jobs/results.csv")" = "$(head -1 "$csv")" ] &&
+    ok || { bad "PAPER_JOBS=2 results"; cat "$T/jobs/results.csv"; }
+PAPER_JOBS=2 PAPER_OUT="$T/jobsbad" PAPER_TRAIN="$T/missing-{000000..000001}.tar" \
+    sh scripts/paper.sh >"$T/out4" 2>&1 && bad "PAPER_JOBS=2 with failing runs exited 0" ||
+    { grep -q 'some runs failed' "$T/out4" && ok || { bad "no failure message"; cat "$T/out4"; }; }
+PAPER_JOBS=x sh scripts/paper.sh >/dev/null 2>&1 && bad "PAPER_JOBS=x accepted" || ok
 
 if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
     /usr/bin/python3 scripts/plot.py paper "$csv" >"$T/plot" 2>&1 || { bad "plot.py paper"; cat "$T/plot"; }

@@ -32,7 +32,7 @@ typedef struct {
     double capacity_factor;   // used when slots = auto
     char layers[CFG_STR];     // last_half | last:K | every:K | list "6,7,8"
     int shared_init;          // bool
-    char router[CFG_STR];     // soft | tokens_choice | experts_choice | identity
+    char router[CFG_STR];     // one of SM_ROUTER_CHOICES (src/model/router_*.c)
     int k;                    // tokens_choice: experts per token (1|2)
     int bpr;                  // tokens_choice: batch priority routing (bool)
     int group_size;           // sparse routers: images per routing group

@@ -25,7 +25,7 @@ static const struct { const char *name, *doc; } DOCS[] = {
     {"moe.capacity_factor", "slots per token over all experts, used when moe.slots = auto"},
     {"moe.layers", "which blocks are Soft MoE: last_half, last:K, every:K, or a list 6,7,8"},
     {"moe.shared_init", "all experts start from the same weights (vmoe); false: one stream per expert"},
-    {"moe.router", "soft (Soft MoE), tokens_choice, experts_choice (the sparse baselines) or identity"},
+    {"moe.router", "soft (Soft MoE), tokens_choice, experts_choice (the sparse baselines), identity (an ablation); the choices are the src/model/router_*.c files"},
     {"moe.k", "tokens_choice: experts per token, 1 or 2"},
     {"moe.bpr", "tokens_choice: Batch Priority Routing (tokens by their top gate, highest first)"},
     {"moe.group_size", "sparse routers: images per routing group (must divide the images per rank)"},

@@ -20,11 +20,18 @@
 // expert is one MLP over W*R rows. The outputs go back the same way; the
 // backward mirrors it. Every router uses this same exchange.
 //
-// Adding a router: one file in src/model/ defining a `const MoeRouter`, and
-// its entry in moe_router_find's list (moe.c) and the moe.router choices.
+// Adding a router: one file src/model/router_<x>.c that defines
+// `const MoeRouter moe_router_<name> = {...}` at the start of a line. The
+// Makefile finds every such definition and generates the router list
+// (moe_find's table) and the moe.router choices from it (SM_ROUTERS,
+// SM_ROUTER_CHOICES in $(BUILD)/gen/moe_routers.h); nothing else is edited.
+// Its parameters are one of the kinds below; its rows() sizes the expert
+// buffers and checks its own keys.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+
+#include "../core/config.h"
 
 typedef struct MoeRouter MoeRouter;
 
@@ -84,10 +91,26 @@ typedef struct {
     float *r;                       // the router's scratch (router->scratch_floats)
 } MoeScratch;
 
+// The router's own tensors (vmoe names), in the parameter table and checkpoints.
+typedef enum {
+    MOE_PARAMS_NONE,    // none
+    MOE_PARAMS_SLOTS,   // Router/mu (D,E,P) and Router/scale (): MoeW.mu, .scale
+    MOE_PARAMS_GATE,    // Router/dense/kernel (D,E), bias-free: MoeW.wr
+} MoeParams;
+
 struct MoeRouter {
     const char *name;                       // the moe.router value
     const char *metric_names[MOE_NMETRICS]; // NULL-terminated early if fewer
     int has_aux;                            // adds an auxiliary loss
+    MoeParams params;                       // its tensors
+    int grouped;                            // routes groups of moe.group_size images (else 1)
+    int ablations;                          // takes moe.dispatch / moe.combine = uniform
+    const char *rows_are;                   // what a buffer row is, for `softmoe params`: "slots", "capacity"
+    // Buffer rows per expert and group (P) for a model with N tokens per
+    // image; checks the router's own keys: -1 with a message in err.
+    int (*rows)(const Config *c, int N, char *err, size_t n);
+    // FLOPs per image of the router itself (logits, dispatch, combine), beyond the experts.
+    double (*flops)(MoeDims d);
     size_t (*acts_floats)(MoeDims d);
     size_t (*scratch_floats)(MoeDims d);
     // a->xs (E,R,D) from y (B,N,D); sets a->aux and a->metrics; may use s.
@@ -103,8 +126,10 @@ struct MoeRouter {
                               const float *y, const MoeW *w, MoeDims d);
 };
 
-// The router named `name` (soft, tokens_choice, experts_choice, identity), or NULL.
+// The router named `name` (one of SM_ROUTER_CHOICES), or NULL.
 const MoeRouter *moe_router_find(const char *name);
+// All routers, n of them (the Makefile's generated list).
+const MoeRouter *const *moe_routers(int *n);
 
 // Fills El, W, G and router when left 0/NULL.
 MoeDims moe_dims_local(MoeDims d);

@@ -7,6 +7,7 @@
 // Cost per group: O(E T_q log C) for the selections (a size-C heap per
 // expert over the group's tokens; no sort of the batch) and O(E C log C) to
 // order each buffer by gate.
+#include <stdio.h>
 #include <string.h>
 
 #include "router_gates.h"
@@ -117,8 +118,17 @@ static void ec_dispatch_backward(float *dy, const MoeW *gw, MoeScratch *ms, cons
     gates_backward(dy, gw->wr, ms, a, y, w->wr, d);
 }
 
+static int ec_rows(const Config *c, int N, char *err, size_t n) {
+    return gates_capacity(c, N, 0);
+}
+
 const MoeRouter moe_router_experts_choice = {
     .name = "experts_choice",
+    .params = MOE_PARAMS_GATE,
+    .grouped = 1,
+    .rows_are = "capacity",
+    .rows = ec_rows,
+    .flops = gates_flops,
     .metric_names = {"unprocessed", "multi_expert", "load_min", "load_max"},
     .acts_floats = ec_acts_floats,
     .scratch_floats = ec_scratch_floats,

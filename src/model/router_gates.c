@@ -13,6 +13,21 @@ static size_t rnd(size_t n) { return (n + 15) / 16 * 16; }
 // ints and floats share the arena (both 4 bytes)
 _Static_assert(sizeof(int) == sizeof(float), "slot maps are carved from float arenas");
 
+int gates_capacity(const Config *c, int N, int k) {
+    const double t = (double)c->group_size * N;
+    const double x = t * (k > 0 ? k : 1) * c->capacity_factor / c->experts;
+    long C = k > 0 ? (long)ceil(x - 1e-9) : (long)rint(x);  // rint: half to even, as Python round
+    if (C < 1) C = 1;
+    C += (c->capacity_multiple_of - C % c->capacity_multiple_of) % c->capacity_multiple_of;
+    if (k == 0 && C > (long)t) C = (long)t;  // an expert cannot take more tokens than the group has
+    return (int)C;
+}
+
+double gates_flops(MoeDims d) {
+    const double rows = (double)d.E * d.P / (d.G > 0 ? d.G : 1);
+    return 2.0 * d.N * d.D * d.E + 2.0 * rows * d.D;
+}
+
 size_t gate_acts_floats(MoeDims d) {
     size_t T = (size_t)d.B * d.N, TE = T * d.E, rows = (size_t)d.E * moe_rows(d);
     return 4 * rnd(TE) + 2 * rnd(rows) + 2 * rnd(2 * T) + 16;

@@ -34,6 +34,14 @@ typedef struct {
     int *fill;                      // (nG*E) rows filled per group and expert
 } GateScratch;
 
+// Buffer rows per expert and group (vmoe's compute_capacity): with k > 0
+// (Tokens Choice) ceil(G*N*k*cf/E), else (Experts Choice) round(G*N*cf/E),
+// then up to a multiple of moe.capacity_multiple_of, at least 1.
+int gates_capacity(const Config *c, int N, int k);
+// The router FLOPs per image: logits (N x E x D) and the weighted combine
+// (one multiply-add per buffer row and feature).
+double gates_flops(MoeDims d);
+
 size_t gate_acts_floats(MoeDims d);
 size_t gate_scratch_floats(MoeDims d);
 GateActs gate_acts(float *p, MoeDims d);

@@ -1,6 +1,7 @@
 // The identity router (the paper's Appendix A ablation): token i of an image
 // goes to slot i (slot s = e*P + p of expert e), weight 1, so S = E*P = N.
 // No parameters, no auxiliary loss.
+#include <stdio.h>
 #include <string.h>
 
 #include "moe.h"
@@ -58,8 +59,25 @@ static void id_dispatch_backward(float *dy, const MoeW *g, MoeScratch *s, const 
     moe_gather_backward(dy, s->dxs, tok, d);
 }
 
+// Token i of an image to slot i: E*P must be the N tokens.
+static int id_rows(const Config *c, int N, char *err, size_t n) {
+    if (c->slots <= 0 || c->experts * c->slots != N) {
+        snprintf(err, n, "moe.router = identity sends token i to slot i, so it needs "
+                 "moe.experts x moe.slots = %d tokens; got %d x %s", N, c->experts,
+                 c->slots > 0 ? "P" : "auto");
+        return -1;
+    }
+    return c->slots;
+}
+
+static double id_flops(MoeDims d) { return 0; }
+
 const MoeRouter moe_router_identity = {
     .name = "identity",
+    .params = MOE_PARAMS_NONE,
+    .rows_are = "slots",
+    .rows = id_rows,
+    .flops = id_flops,
     .metric_names = {NULL},
     .acts_floats = id_acts_floats,
     .scratch_floats = id_scratch_floats,

@@ -305,8 +305,22 @@ static void soft_dispatch_backward(float *dy, const MoeW *g, MoeScratch *ms, con
     }
 }
 
+// P slots per expert; moe.slots = auto: round(N * capacity_factor / E), at least 1.
+static int soft_rows(const Config *c, int N, char *err, size_t n) {
+    int P = c->slots > 0 ? c->slots : (int)lround(N * c->capacity_factor / c->experts);
+    return P < 1 ? 1 : P;
+}
+
+// logits, dispatch and combine: N x S x D multiply-adds each
+static double soft_flops(MoeDims d) { return 2.0 * d.N * d.D * d.E * d.P * 3; }
+
 const MoeRouter moe_router_soft = {
     .name = "soft",
+    .params = MOE_PARAMS_SLOTS,
+    .ablations = 1,
+    .rows_are = "slots",
+    .rows = soft_rows,
+    .flops = soft_flops,
     .metric_names = {"max_combine", "max_dispatch", "load_min", "load_max"},
     .acts_floats = soft_acts_floats,
     .scratch_floats = soft_scratch_floats,

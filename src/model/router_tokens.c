@@ -20,6 +20,7 @@
 // for the BPR sort of the group's tokens (no sort of the whole batch), and
 // O(k T_q) to fill the buffers.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -193,8 +194,22 @@ static void tc_dispatch_backward(float *dy, const MoeW *gw, MoeScratch *ms, cons
     gates_backward(dy, gw->wr, ms, a, y, w->wr, d);
 }
 
+static int tc_rows(const Config *c, int N, char *err, size_t n) {
+    if (c->k < 1 || c->k > 2 || c->k > c->experts) {
+        snprintf(err, n, "moe.k = %d: tokens_choice takes 1 or 2 experts per token (at most "
+                 "moe.experts = %d)", c->k, c->experts);
+        return -1;
+    }
+    return gates_capacity(c, N, c->k);
+}
+
 const MoeRouter moe_router_tokens_choice = {
     .name = "tokens_choice",
+    .params = MOE_PARAMS_GATE,
+    .grouped = 1,
+    .rows_are = "capacity",
+    .rows = tc_rows,
+    .flops = gates_flops,
     .metric_names = {"dropped", "buffer_filled", "load_min", "load_max", "importance_loss",
                      "load_loss"},
     .has_aux = 1,

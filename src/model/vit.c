@@ -104,48 +104,21 @@ int vit_check_config(const Config *c, char *err, size_t n) {
         snprintf(err, n, "moe.router = %s: unknown router", c->router);
         return -1;
     }
-    const int soft = r == moe_router_find("soft"), sparse = !soft && strcmp(c->router, "identity");
-    if (!soft && (strcmp(c->dispatch, "soft") || strcmp(c->combine, "soft"))) {
+    if (!r->ablations && (strcmp(c->dispatch, "soft") || strcmp(c->combine, "soft"))) {
         snprintf(err, n, "moe.dispatch / moe.combine = uniform are ablations of the soft router, "
                  "not of moe.router = %s", c->router);
         return -1;
     }
-    if (!sparse && c->group_size != 1) {
+    if (!r->grouped && c->group_size != 1) {
         snprintf(err, n, "moe.group_size = %d: moe.router = %s routes each image alone (group "
-                 "size 1); groups are for tokens_choice and experts_choice", c->group_size,
-                 c->router);
+                 "size 1); groups are for routers that choose within a batch of images",
+                 c->group_size, c->router);
         return -1;
     }
-    if (!strcmp(c->router, "tokens_choice") && (c->k < 1 || c->k > 2 || c->k > c->experts)) {
-        snprintf(err, n, "moe.k = %d: tokens_choice takes 1 or 2 experts per token (at most "
-                 "moe.experts = %d)", c->k, c->experts);
-        return -1;
-    }
-    if (!strcmp(c->router, "identity")) {
-        int N = (c->image_size / c->patch) * (c->image_size / c->patch) + !strcmp(c->pool, "tok");
-        if (c->slots <= 0 || c->experts * c->slots != N) {
-            snprintf(err, n, "moe.router = identity sends token i to slot i, so it needs "
-                     "moe.experts x moe.slots = %d tokens; got %d x %s", N, c->experts,
-                     c->slots > 0 ? "P" : "auto");
-            return -1;
-        }
-    }
+    int N = (c->image_size / c->patch) * (c->image_size / c->patch) + !strcmp(c->pool, "tok");
+    if (r->rows(c, N, err, n) < 0) return -1;
     unsigned char mask[VIT_MAX_DEPTH];
     return parse_layers(c->layers, c->depth, mask, err, n);
-}
-
-// Buffer rows per expert and group of the sparse routers (vmoe's
-// compute_capacity): Tokens Choice ceil(G*N*k*cf/E), Experts Choice
-// round(G*N*cf/E), then up to a multiple of moe.capacity_multiple_of, at least 1.
-static int capacity(const Config *c, int N) {
-    const double t = (double)c->group_size * N;
-    const int tc = !strcmp(c->router, "tokens_choice");
-    double x = tc ? t * c->k * c->capacity_factor / c->experts : t * c->capacity_factor / c->experts;
-    long C = tc ? (long)ceil(x - 1e-9) : (long)rint(x);  // rint: half to even, as Python round
-    if (C < 1) C = 1;
-    C += (c->capacity_multiple_of - C % c->capacity_multiple_of) % c->capacity_multiple_of;
-    if (!tc && C > (long)t) C = (long)t;  // an expert cannot take more tokens than the group has
-    return (int)C;
 }
 
 MoeDims vit_moe_dims(const VitDims *d, int B) {
@@ -164,18 +137,19 @@ static void stacked(ParamTable *pt, int k, const VitDims *d) {
 }
 
 // MoE parameters of block l (vmoe names; experts stacked on a leading E
-// axis, of which this rank holds El). The soft router has mu and scale, the
-// sparse routers vmoe's bias-free Router/dense, identity nothing.
+// axis, of which this rank holds El), after the router's own (moe.h
+// MoeParams: Soft MoE's mu and scale, the sparse routers' bias-free
+// Router/dense, identity none).
 static void add_moe(ParamTable *pt, int l, const VitDims *d) {
     char n[PARAM_NAME];
     const int E = d->E, El = d->El, D = d->D, M = d->M;
-    if (d->router == moe_router_find("soft")) {
+    if (d->router->params == MOE_PARAMS_SLOTS) {
         snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/mu", l);
         // flax lecun_normal on (D,E,P): fan_in = D*E
         add(pt, n, INIT_LECUN_NORMAL, 0, D * E, 0, 3, D, E, d->EP, 0);
         snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/scale", l);
         add(pt, n, INIT_ONES, 0, 0, 0, 0, 0, 0, 0, 0);
-    } else if (d->router != moe_router_find("identity")) {
+    } else if (d->router->params == MOE_PARAMS_GATE) {
         // flax nn.Dense's default kernel init, lecun_normal, fan_in = D
         snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/dense/kernel", l);
         add(pt, n, INIT_LECUN_NORMAL, 0, D, E, 2, D, E, 0, 0);
@@ -219,13 +193,7 @@ void vit_build(Vit *m, const Config *c) {
         d->imp_w = (float)c->importance_weight, d->load_w = (float)c->load_weight;
         d->uni_dispatch = !strcmp(c->dispatch, "uniform");
         d->uni_combine = !strcmp(c->combine, "uniform");
-        if (!strcmp(c->router, "tokens_choice") || !strcmp(c->router, "experts_choice")) {
-            d->EP = capacity(c, d->N);
-        } else {
-            // slots = auto: P = round(N * capacity_factor / E), at least 1
-            d->EP = c->slots > 0 ? c->slots : (int)lround(d->N * c->capacity_factor / d->E);
-            d->EP = d->EP < 1 ? 1 : d->EP;
-        }
+        d->EP = d->router->rows(c, d->N, err, sizeof err);  // checked by vit_check_config
         d->ES = d->E * d->EP;
         d->shared_init = c->shared_init;
         d->ep = dist_ep(), d->ep_rank = dist_ep_rank();
@@ -499,13 +467,11 @@ double vit_flops_per_image(const VitDims *d) {
     double attn = 2.0 * N * D * D * 4                                   // q k v out
                   + 2.0 * N * N * D * 2;                                // q k^T, att v
     double mlp = 2.0 * N * D * M * 2;
-    // MoE: the experts on their E*P buffer rows per group of G images; Soft
-    // MoE logits, dispatch and combine (N x S x D each); the sparse routers'
-    // logits (N x E x D) and combine (one multiply-add per row and feature).
+    // MoE: the experts on their E*P buffer rows per group of G images, and
+    // the router's own products (its flops()).
     double rows = (double)d->ES / (d->group > 0 ? d->group : 1);
     double moe = 2.0 * rows * D * M * 2;
-    if (d->router == moe_router_find("soft")) moe += 2.0 * N * D * d->ES * 3;
-    else if (d->router != moe_router_find("identity")) moe += 2.0 * N * D * d->E + 2.0 * rows * D;
+    if (d->n_moe) moe += d->router->flops(vit_moe_dims(d, 1));
     f += d->L * attn + (d->L - d->n_moe) * mlp + d->n_moe * moe;
     if (d->pool == POOL_MAP)
         f += 2.0 * D * D * 2 + 2.0 * N * D * D * 2 + 2.0 * N * D * 2 + 2.0 * D * M * 2;
