@@ -31,7 +31,7 @@ comma := ,
 
 # A fresh machine: install the Debian packages before probing (not for clean/deps).
 ifneq ($(filter-out clean deps,$(or $(MAKECMDGOALS),all)),)
-  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive zlib libzip && command -v mpicc >/dev/null && echo ok),ok)
+  ifneq ($(shell pkg-config --exists openblas inih check hdf5-serial libpng libjpeg libarchive zlib libzip && command -v mpicc >/dev/null && command -v jq >/dev/null && echo ok),ok)
     $(info softmoe: Debian packages missing, running scripts/install-deps.sh)
     $(shell sh scripts/install-deps.sh >&2)
   endif

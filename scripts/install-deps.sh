@@ -14,6 +14,7 @@ check
 libopenmpi-dev openmpi-bin
 libdnnl-dev
 time
+jq
 dataset-fashion-mnist"
 
 # Optional extras for contributors: the PyTorch reference script and plots.
