@@ -8,35 +8,11 @@
 # (AVX2: oneDNN has no bf16 matmul there, so the rounded-sgemm path runs).
 # Usage: sh tests/test_bf16.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
 TESTS=$(dirname "$BIN")/tests
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
-cat >"$T/c.ini" <<'INI'
-[model]
-width = 16
-depth = 2
-heads = 2
-mlp_dim = 32
-image_size = 8
-patch = 4
-channels = 1
-classes = 4
-[moe]
-experts = 3
-slots = 2
-[schedule]
-warmup_steps = 2
-[train]
-batch_size = 8
-steps = 12
-ckpt_every = 6
-log_every = 1
-INI
+tiny_ini "$T/c.ini" experts=3 steps=12 ckpt_every=6   # tests/lib.sh
 
 # a bad value: the key and the choices named, no workdir created
 if "$BIN" train "$T/c.ini" train.precision=fp16 train.workdir="$T/bad" 2>"$T/err"; then
@@ -127,5 +103,4 @@ else
     bad "$TESTS/test_gemm not built"
 fi
 
-echo "bf16: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish "bf16"

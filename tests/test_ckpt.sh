@@ -6,34 +6,10 @@
 # the file reads with the documented names in h5ls; inspect prints them.
 # Usage: sh tests/test_ckpt.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
-cat >"$T/c.ini" <<'INI'
-[model]
-width = 16
-depth = 2
-heads = 2
-mlp_dim = 32
-image_size = 8
-patch = 4
-channels = 1
-classes = 4
-[moe]
-experts = 3
-slots = 2
-[schedule]
-warmup_steps = 2
-[train]
-batch_size = 8
-steps = 12
-ckpt_every = 4
-log_every = 1
-INI
+tiny_ini "$T/c.ini" experts=3 steps=12 ckpt_every=4   # tests/lib.sh
 
 "$BIN" train "$T/c.ini" train.workdir="$T/straight" 2>"$T/err" || { bad "straight run"; cat "$T/err"; }
 
@@ -113,5 +89,4 @@ for src in "$T/keep.h5" "$T/c.ini"; do
 done
 grep -q '"step": 0,' "$T/ev" && ok || bad "eval of a config reports step 0"
 
-echo "ckpt: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish "ckpt"

@@ -3,13 +3,9 @@
 # with the file, line and key named; params reproduces the paper's ViT-S/16
 # count; a diverging run stops naming the step. Usage: sh tests/test_cli.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
 
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
 # expect_fail NAME PATTERN CMD...: CMD exits non-zero and stderr matches PATTERN
 expect_fail() {
@@ -110,5 +106,4 @@ expect_fail "no usable sample" "no usable sample" "$BIN" train "$T/base.ini" dat
     "data.train=$T/sh/f-{000000..000000}.tar" "data.pp_train=resize(16)|value_range(-1,1)" \
     train.workdir="$T/w5"
 
-echo "cli: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish "cli"

@@ -13,39 +13,15 @@
 #   latest_valid falls back past such files).
 # Usage: sh tests/test_faults.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
 DIR=$(dirname "$BIN")/tests
 SHIM=$(cd "$DIR" && pwd)/faultinj.so
 EDIT=$DIR/h5edit
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0; skip=0
 # Hundreds of tiny runs: one thread each (idle OpenMP threads spin between steps).
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
-cat >"$T/c.ini" <<'INI'
-[model]
-width = 16
-depth = 2
-heads = 2
-mlp_dim = 32
-image_size = 8
-patch = 4
-channels = 1
-classes = 4
-[moe]
-experts = 3
-slots = 2
-[schedule]
-warmup_steps = 2
-[train]
-batch_size = 8
-steps = 4
-ckpt_every = 2
-log_every = 1
-INI
+tiny_ini "$T/c.ini" experts=3 steps=4 ckpt_every=2   # tests/lib.sh
 run() { "$BIN" train "$T/c.ini" "$@"; }
 same() {  # same A B: params and Adam state bit-identical
     h5diff -d 0 "$1" "$2" /params >/dev/null 2>&1 && h5diff -d 0 "$1" "$2" /opt >/dev/null 2>&1
@@ -56,7 +32,7 @@ cp "$T/straight/ckpt-00000002.h5" "$T/ckpt2.ref"
 
 if ldd "$BIN" 2>/dev/null | grep -q libasan; then
     # an ASan build must be first in the library list; the shim cannot be preloaded
-    echo "SKIP: fault injection (sanitizer build)"; skip=$((skip + 1))
+    skip "fault injection (sanitizer build)"
     nw=0; nf=0
 else
     # How many writes / fsyncs ckpt-4 takes (the shim counts only that file).
@@ -162,5 +138,4 @@ run train.workdir="$w" train.steps=6 optim.lr=0.01 train.allow_config_change=tru
 run train.workdir="$w" train.steps=8 optim.lr=0.01 train.allow_config_change=true eval.every=0 >/dev/null 2>"$T/err" &&
     grep -q "note: resuming .* with changed keys" "$T/err" && ok || { bad "a steps change is noted"; cat "$T/err"; }
 
-echo "faults: $pass passed, $fail failed, $skip skipped"
-[ "$fail" = 0 ]
+finish "faults"

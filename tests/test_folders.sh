@@ -13,12 +13,8 @@
 # evaluation folder by name too.
 # Usage: sh tests/test_folders.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 "$BIN" shards synth "$T/s" 200 200 >/dev/null 2>&1 || bad "shards synth"
@@ -117,5 +113,4 @@ rm -f "$T/sh/classes.txt"
 grep -q "names no classes (no classes.txt beside its shards.*'$T/val' is numbered by its sorted subfolders" "$T/e" &&
     ok || { bad "no warning when the training data names no classes:"; cat "$T/e"; }
 
-echo "folders: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish "folders"

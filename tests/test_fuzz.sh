@@ -6,12 +6,12 @@
 # trip, shard invariants, ...) or, in a DEBUG=1 build, a sanitizer report.
 # Usage: sh tests/test_fuzz.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
 D=$(dirname "$BIN")/tests
 # In a DEBUG=1 build: libhdf5's own allocations kept on malformed files are
 # not ours (tests/fuzz/lsan.supp says which); everything else is fatal.
 export LSAN_OPTIONS="suppressions=$(pwd)/tests/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
-pass=0; fail=0
 for t in config shards image ckpt; do
     if [ ! -x "$D/replay_$t" ]; then echo "FAIL: $D/replay_$t not built (make test builds it)"; fail=$((fail + 1)); continue; fi
     if "$D/replay_$t" "$t" "tests/fuzz/corpus/$t" "tests/fuzz/crashes/$t" 2>"$D/replay_$t.err"; then
@@ -21,4 +21,4 @@ for t in config shards image ckpt; do
         fail=$((fail + 1))
     fi
 done
-echo "fuzz replay: $pass passed, $fail failed"
+finish "fuzz replay"

@@ -7,13 +7,9 @@
 # labels far outside any class count are skipped, not allocated for.
 # Usage: sh tests/test_limits.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
 EDIT=$(dirname "$BIN")/tests/h5edit
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 cat >"$T/c.ini" <<'INI'
@@ -118,5 +114,4 @@ timeout 60 "$BIN" eval "$T/ok/ckpt-00000001.h5" $PP \
 rc=$?
 [ "$rc" = 0 ] && grep -q '"fewshot/big/1shot"' "$T/out" && ok || { bad "huge few-shot label: exit $rc"; cat "$T/err"; }
 
-echo "limits: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish "limits"

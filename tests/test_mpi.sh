@@ -30,53 +30,29 @@
 # (measured: 2.3e-5).
 # Usage: sh tests/test_mpi.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 
 if ! command -v mpirun >/dev/null 2>&1 || ! ldd "$BIN" | grep -q libmpi; then
     # Only a NO_MPI=1 build gets here; `make` on a machine with MPI links it.
     echo "mpi: skipped ($BIN built without MPI, or no mpirun)"
-    echo "SKIP: mpi"; echo "mpi: 0 passed, 0 failed, 1 skipped"
+    skip "mpi"; finish "mpi"
     exit 0
 fi
 
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 # vader (shared memory) + self; ranks yield the core when idle (oversubscribed)
 # (a hang would be a bug: every run is bounded)
 MPI="timeout 120 mpirun --oversubscribe --mca btl self,vader --mca mpi_yield_when_idle 1"
 
-cat >"$T/c.ini" <<'INI'
-[model]
-width = 16
-depth = 2
-heads = 2
-mlp_dim = 32
-image_size = 8
-patch = 4
-channels = 1
-classes = 4
-[moe]
-experts = 4
-slots = 2
-[schedule]
-warmup_steps = 2
-[train]
-batch_size = 8
-steps = 20
-ckpt_every = 10
-log_every = 1
-INI
+tiny_ini "$T/c.ini"   # tests/lib.sh: 4 experts x 2 slots, batch 8, 20 steps, checkpoints at 10 and 20
 CK=ckpt-00000020.h5
 # (paths relative to the compared group)
 KB="--exclude-path /Encoder/encoderblock_0/SelfAttention/key/bias --exclude-path /Encoder/encoderblock_1/SelfAttention/key/bias"
 
 # the loss of step 20 in a workdir's metrics
-loss20() { grep '"step": 20, "loss"' "$1/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*/\1/'; }
+loss20() { metric "$1" 20 loss; }
 # same params (key biases and Adam moments apart) and moments as the 1-rank run,
 # within a tolerance (the crc32 attributes of values equal to 1e-5 differ: excluded)
 same_as_one() {
@@ -88,8 +64,8 @@ same_as_one() {
         && h5diff -d 2e-2 --exclude-attribute /params/Encoder/encoderblock_1/SelfAttention/key/bias "$T/w1/$CK" "$1/$CK" /params/Encoder/encoderblock_1/SelfAttention/key/bias >>"$T/diff" 2>&1 \
         && ok || { bad "$2: parameters differ from the 1-rank run"; head -30 "$T/diff"; }
     # the final evaluation (1024 held-out images, split over the ranks)
-    v1=$(grep '"val/loss"' "$T/w1/metrics.jsonl" | tail -1 | sed -E 's/.*"val\/prec@1": ([^,]*), "val\/loss": ([^}]*)}/\1 \2/')
-    v2=$(grep '"val/loss"' "$1/metrics.jsonl" | tail -1 | sed -E 's/.*"val\/prec@1": ([^,]*), "val\/loss": ([^}]*)}/\1 \2/')
+    v1="$(last_eval "$T/w1" val/prec@1) $(last_eval "$T/w1" val/loss)"
+    v2="$(last_eval "$1" val/prec@1) $(last_eval "$1" val/loss)"
     echo "$v1 $v2" | awk '{ d = $2 - $4; if (d < 0) d = -d; exit !(NF == 4 && $1 == $3 && d < 1e-5) }' \
         && ok || bad "$2: final val '$v2', 1 rank '$v1'"
     a=$(loss20 "$T/w1"); b=$(loss20 "$1")
@@ -225,8 +201,8 @@ same_as() {  # ref dir name
     h5diff -d 1e-5 $KB --exclude-attribute /params "$1/$CK" "$2/$CK" /params /params >"$T/diff" 2>&1 \
         && h5diff -d 1e-5 $KB --exclude-attribute /opt/m "$1/$CK" "$2/$CK" /opt/m /opt/m >>"$T/diff" 2>&1 \
         && ok || { bad "$3: parameters differ from the 1-rank run"; head -20 "$T/diff"; }
-    a=$(grep '"step": 20, "loss"' "$1/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*"aux_loss": ([^,]*),.*/\1 \2/;t;s/.*"loss": ([^,]*),.*/\1 0/')
-    b=$(grep '"step": 20, "loss"' "$2/metrics.jsonl" | sed -E 's/.*"loss": ([^,]*),.*"aux_loss": ([^,]*),.*/\1 \2/;t;s/.*"loss": ([^,]*),.*/\1 0/')
+    x=$(metric "$1" 20 aux_loss); y=$(metric "$2" 20 aux_loss)   # none for experts_choice: 0
+    a="$(metric "$1" 20 loss) ${x:-0}"; b="$(metric "$2" 20 loss) ${y:-0}"
     echo "$a $b" | awk '{ d = $1 - $3; e = $2 - $4; exit !(NF == 4 && d < 1e-5 && d > -1e-5 && e < 1e-6 && e > -1e-6) }' \
         && ok || bad "$3: step-20 loss/aux '$b', 1 rank '$a'"
 }
@@ -276,5 +252,4 @@ $MPI -np 2 "$BIN" params "$T/c.ini" >"$T/out" 2>"$T/err" \
     && grep -q "rank 0 runs this command alone" "$T/err" \
     && ok || { bad "params under mpirun"; cat "$T/out" "$T/err"; }
 
-echo "mpi: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish "mpi"

@@ -4,12 +4,8 @@
 # both runs, and scripts/plot.py turns the csv into PNGs (SKIP, counted, when
 # matplotlib is absent). Usage: sh tests/test_paper.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0; skip=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 "$BIN" shards synth "$T/s" 240 120 >/dev/null 2>&1 || bad "shards synth"
@@ -49,7 +45,6 @@ if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
     grep -q "no ablation runs in the results; ablations.png not written" "$T/plot" &&
         [ ! -e "$PAPER_OUT/ablations.png" ] && ok || { bad "ablations without runs"; cat "$T/plot"; }
 else
-    echo "SKIP: plot.py paper (python3-matplotlib missing)"; skip=$((skip + 1))
+    skip "plot.py paper (python3-matplotlib missing)"
 fi
-echo "paper: $pass passed, $fail failed, $skip skipped"
-[ "$fail" = 0 ]
+finish "paper"

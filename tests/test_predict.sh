@@ -7,13 +7,9 @@
 # still classified; class names from classes.txt beside shards.
 # Usage: sh tests/test_predict.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 [ -n "${TRACE:-}" ] && set -x
 BIN=${1:-build/softmoe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 # ROOT/<class name>/<key>.jpg from synthetic shards: class k is "grating_k"
@@ -96,5 +92,4 @@ mkdir -p "$T/sh" && cp "$T/s-000000.tar" "$T/sh/" &&
 "$BIN" predict "$T/w2/ckpt-00000002.h5" "$1" --top 10 >"$T/p3" 2>"$T/e" || bad "predict (shards)"
 for w in zero five nine; do grep -q " $w " "$T/p3" && ok || { bad "classes.txt name '$w' not shown:"; cat "$T/p3"; }; done
 
-echo "predict: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish "predict"

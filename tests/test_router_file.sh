@@ -7,11 +7,7 @@
 # Usage: sh tests/test_router_file.sh build/softmoe (the binary is not used:
 # the copy builds its own)
 set -u
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+. "$(dirname "$0")/lib.sh"
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 mkdir -p "$T/repo"
@@ -67,5 +63,4 @@ grep -q '"loss"' "$T/w/metrics.jsonl" 2>/dev/null && ok || bad "no metrics from 
     { grep -q 'moe.router = identity sends token i\|moe.experts x moe.slots' "$T/err" && ok || { bad "mirror check message"; cat "$T/err"; }; }
 "$B" params "$T/tiny.ini" moe.router=nosuch >"$T/err" 2>&1 && bad "moe.router = nosuch accepted" ||
     { grep -q 'moe.router' "$T/err" && grep -q 'mirror' "$T/err" && ok || { bad "unknown router message"; cat "$T/err"; }; }
-echo "router_file: $pass passed, $fail failed, 0 skipped"
-[ "$fail" = 0 ]
+finish "router_file"

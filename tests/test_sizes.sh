@@ -5,8 +5,8 @@
 # closing brace at column 0). Fails naming the file, the line and the count.
 # Usage: sh tests/test_sizes.sh [BIN] (BIN unused: run by scripts/run-tests.sh)
 set -u
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.." || exit 1
-pass=0; fail=0
 for f in $(find src -name '*.[ch]' | sort); do
     n=$(wc -l <"$f")
     if [ "$n" -le 600 ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $f has $n lines (at most 600)"; fi
@@ -24,9 +24,7 @@ FN='
 long=$(awk "$FN" $(find src -name '*.c' | sort))
 if [ -z "$long" ]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "$long" | sed 's/^/FAIL: function at /'; fi
 # the check itself: a 94-line function with a two-line signature is found
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 { echo "static int f(int a,"; echo "             int b) {"; i=0; while [ $i -lt 90 ]; do echo "    a++;"; i=$((i + 1)); done; echo "    return a + b;"; echo "}"; } >"$T/x.c"
 awk "$FN" "$T/x.c" | grep -q "x.c:1: 94 lines" && pass=$((pass + 1)) ||
     { fail=$((fail + 1)); echo "FAIL: the function-length check misses a 94-line function"; }
-echo "sizes: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish "sizes"

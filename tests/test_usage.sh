@@ -7,12 +7,8 @@
 # rank meets printed once.
 # Usage: sh tests/test_usage.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0; skip=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 # --help for each command the usage lists, and for an unknown one an error
@@ -73,7 +69,7 @@ if command -v script >/dev/null 2>&1; then
     script -qec "$BIN train $T/c.ini fewshot.missing= train.workdir=$T/wtty eval.synthetic_images=32" /dev/null >"$T/tty" 2>&1
     grep -q "evaluating synthetic: 32 of 32 images" "$T/tty" && ok || { bad "no synthetic evaluation progress:"; cat "$T/tty"; }
 else
-    echo "SKIP: evaluation progress (no script(1) for a terminal)"; skip=$((skip + 1))
+    skip "evaluation progress (no script(1) for a terminal)"
 fi
 # shellcheck disable=SC2086
 "$BIN" eval $EV >"$T/o" 2>"$T/e" || bad "eval on shards failed"
@@ -110,7 +106,7 @@ z, f = np.load(sys.argv[1]), h5py.File(sys.argv[2], "r")
 assert len(z.files) == 40 and all(np.array_equal(z[k], f["params/" + k][()]) for k in z.files)
 PY
 else
-    echo "SKIP: reading the export with numpy (python3-numpy/h5py not installed)"; skip=$((skip + 1))
+    skip "reading the export with numpy (python3-numpy/h5py not installed)"
 fi
 "$BIN" train "$T/c.ini" $BV model.classes=5 model.image_size=12 train.init="$T/nonexistent.npz" \
     train.workdir="$T/bv2" fewshot.missing= >/dev/null 2>"$T/e" && bad "missing npz accepted"
@@ -128,8 +124,7 @@ if command -v mpirun >/dev/null 2>&1 && ldd "$BIN" | grep -q libmpi; then
     n=$(grep -c "softmoe: error:.*model.widht" "$T/e")
     [ "$n" = 1 ] && ok || { bad "a config error on both ranks printed $n times:"; cat "$T/e"; }
 else
-    echo "SKIP: MPI error printed once (no MPI build)"; skip=$((skip + 1))
+    skip "MPI error printed once (no MPI build)"
 fi
 
-echo "usage: $pass passed, $fail failed, $skip skipped"
-[ "$fail" -eq 0 ]
+finish "usage"
