@@ -79,12 +79,6 @@ FILE *sm_fopen_at(const char *path, const char *mode, const char *file, int line
     return f;
 }
 
-void sm_fwrite_at(const void *p, size_t size, size_t n, FILE *f, const char *path,
-                  const char *file, int line) {
-    if (fwrite(p, size, n, f) != n)
-        sm_die_at(file, line, "write to '%s' failed: %s", path, strerror(errno));
-}
-
 void sm_fread_at(void *p, size_t size, size_t n, FILE *f, const char *path,
                  const char *file, int line) {
     if (fread(p, size, n, f) != n)

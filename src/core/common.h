@@ -33,13 +33,10 @@ void *sm_aligned_at(size_t n, const char *file, int line);
 #define sm_aligned(n) sm_aligned_at((n), __FILE__, __LINE__)
 
 FILE *sm_fopen_at(const char *path, const char *mode, const char *file, int line);
-void sm_fwrite_at(const void *p, size_t size, size_t n, FILE *f, const char *path,
-                  const char *file, int line);
 void sm_fread_at(void *p, size_t size, size_t n, FILE *f, const char *path,
                  const char *file, int line);
 void sm_fclose_at(FILE *f, const char *path, const char *file, int line);
 #define sm_fopen(p, m) sm_fopen_at((p), (m), __FILE__, __LINE__)
-#define sm_fwrite(ptr, s, n, f, path) sm_fwrite_at((ptr), (s), (n), (f), (path), __FILE__, __LINE__)
 #define sm_fread(ptr, s, n, f, path) sm_fread_at((ptr), (s), (n), (f), (path), __FILE__, __LINE__)
 #define sm_fclose(f, path) sm_fclose_at((f), (path), __FILE__, __LINE__)
 

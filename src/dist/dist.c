@@ -25,14 +25,6 @@ int dist_world(void) { return g_world; }
 int dist_ep(void) { return g_ep; }
 int dist_ep_rank(void) { return g_ep_rank; }
 
-int dist_have_mpi(void) {
-#ifdef SM_MPI
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 #ifdef SM_MPI
 static void abort_all(int code) {
     // Flushes what this rank printed, then takes every rank down: a rank

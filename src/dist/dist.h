@@ -25,8 +25,6 @@ void dist_init(int *argc, char ***argv);
 void dist_finalize(void);
 int dist_rank(void);
 int dist_world(void);
-// Whether this binary was built with MPI.
-int dist_have_mpi(void);
 
 // Builds the expert-parallel groups: ep = 0 means W. With E experts (0 for a
 // dense model) checks that ep divides W and E. Returns 0, or -1 with err

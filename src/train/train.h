@@ -1,12 +1,16 @@
-// The training loop: batch -> forward -> backward -> clip -> Adam update,
-// with a progress line on stderr and metrics.jsonl in the workdir.
+// Training: per step the next batch, forward and backward of each
+// micro-batch (train.microbatch, gradients accumulating), gradient sync over
+// the ranks, clipping, the learning rate and Adam, with a progress line on
+// stderr and metrics.jsonl in the workdir (src/train/train.c; its state and
+// setup in trainer.h, checkpoints under MPI in ckpt_dist.c).
 #pragma once
 #include <stddef.h>
 
 #include "../core/config.h"
 
 typedef struct {
-    double first_loss, last_loss;  // mean loss of the first / last logged window
+    double first_loss;             // loss of the first step run (global batch)
+    double last_loss;              // mean loss of the last logged window
     double val_prec1, val_loss;    // held-out evaluation at the end
     double img_per_s;
     long steps_done;
