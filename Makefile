@@ -117,7 +117,7 @@ $(GEN): $(ROUTER_SRC)
 	  '#define SM_ROUTER_CHOICES "$(subst $(space),|,$(ROUTER_NAMES))"' >$@.tmp
 	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
 
-$(BUILD)/%.o: %.c $(shell find src -name '*.h') $(GEN)
+$(BUILD)/%.o: %.c $(shell find src -name '*.h' -o -name '*.def') $(GEN)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 

@@ -11,106 +11,14 @@
 #define CFG_MAX_FEWSHOT 8
 
 typedef struct {
-    // [model]
-    char variant[CFG_STR];  // "" or Ti|S|B|L|H with optional "/patch", e.g. "S/16"
-    int width;              // D
-    int depth;              // L
-    int heads;              // H
-    int mlp_dim;            // M
-    int patch;              // patch size (pixels)
-    int image_size;         // square input resolution
-    int channels;           // C
-    int classes;            // K
-    char pool[CFG_STR];     // gap | tok | map
-    char posemb[CFG_STR];   // learn | sincos2d
-    int qk_norm;            // bool
-    char loss[CFG_STR];     // softmax_xent | sigmoid_xent
-
-    // [moe]
-    int experts;              // E (0 = dense)
-    int slots;                // P (0 when "auto")
-    double capacity_factor;   // used when slots = auto
-    char layers[CFG_STR];     // last_half | last:K | every:K | list "6,7,8"
-    int shared_init;          // bool
-    char router[CFG_STR];     // one of SM_ROUTER_CHOICES (src/model/router_*.c)
-    int k;                    // tokens_choice: experts per token (1|2)
-    int bpr;                  // tokens_choice: batch priority routing (bool)
-    int group_size;           // sparse routers: images per routing group
-    int capacity_multiple_of; // sparse routers: capacity rounded up to a multiple
-    double noise_std;         // sparse routers: train-time logit noise std = noise_std / E
-    double importance_weight; // tokens_choice: importance loss weight
-    double load_weight;       // tokens_choice: load loss weight
-    char dispatch[CFG_STR];   // soft | uniform (ablation)
-    char combine[CFG_STR];    // soft | uniform (ablation)
-
-    // [data]
-    char source[CFG_STR];        // synthetic | shards | folder
-    char train[CFG_PATH];
-    char val[CFG_PATH];
-    char val_labels[CFG_PATH];   // labels file of a flat validation folder
-    char pp_train[CFG_STR];
-    char pp_eval[CFG_STR];
-    int threads;
-    int shuffle_buffer;
-
-    // [optim]
-    double lr, b1, b2, eps;
-    double clip;                 // 0 = off
-    char wd[CFG_PATH];           // "pattern:value, pattern:value"
-
-    // [schedule]
-    long warmup_steps;
-    char decay[CFG_STR];         // rsqrt | cosine | linear | constant
-    double timescale;            // rsqrt timescale (steps)
-    long cooldown_steps;
-
-    // [train]
-    int batch_size;              // global
-    int microbatch;              // images per rank per forward/backward (0: the per-rank batch)
-    long steps;
-    uint64_t seed;
-    char workdir[CFG_PATH];
-    int log_every;
-    int ckpt_every;
-    int keep_ckpts;
-    int keep_every;
-    char init[CFG_PATH];
-    char resume[CFG_STR];        // latest | latest_valid | none
-    char precision[CFG_STR];     // fp32 | bf16 (GEMM inputs; see src/model/gemm.h)
-    int allow_config_change;     // bool: resume although optimisation keys changed
-    int allow_oversubscribe_memory;  // bool: start although the estimate exceeds RAM
-
-    // [eval]
-    int eval_every;
-    int eval_batch_size;
-    int eval_synthetic;          // held-out images of data.source = synthetic
-
-    // [fewshot]
-    int fewshot_every;
-    char fewshot_shots[CFG_STR]; // "1,5,10,25"
-    int fewshot_seeds;
-    double fewshot_l2;
-    char fewshot_l2_sweep[CFG_STR];  // "" = fewshot.l2 only, else e.g. "1,32,1024"
-    int fewshot_per_class;           // train images read per class
+    // One field per key of config_keys.def (e.g. width: D), in its order.
+#define KEY(section, key, field, ctype, dim, kind, def, choices, min) ctype field dim;
+#include "config_keys.def"
+#undef KEY
     // fewshot.<name> = <train source>|<test source> (shards pattern or folder)
     int n_fewshot;
     char fewshot_name[CFG_MAX_FEWSHOT][64];
     char fewshot_data[CFG_MAX_FEWSHOT][CFG_PATH];
-
-    // [dist]
-    int expert_parallel;         // 0 = all ranks
-
-    // [bench]
-    int bench_steps;             // timed steps of softmoe bench
-
-    // [debug]: test-only hooks (the tests set them as overrides). Not part of
-    // the recipe: written to the resolved config only when one is set.
-    long debug_stop_at_step;     // as if SIGTERM arrived during this step (0: off)
-    int debug_stop_rank;         // ... on this rank only (-1: every rank)
-    long debug_fail_at_step;     // a fatal error at this step (0: off)
-    int debug_fail_rank;         // ... on this rank only (-1: every rank)
-    long debug_poison_at_step;   // a NaN into Adam's v after this step's update (0: off)
-    long debug_crash_before_rename;  // exit(3) before renaming this step's checkpoint (0: off)
 } Config;
 
 // Fills every field with its default (the defaults describe a small dense ViT
