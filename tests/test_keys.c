@@ -116,6 +116,34 @@ START_TEST(test_debug_keys_written_when_set) {
 }
 END_TEST
 
+// The list-valued keys arrive parsed: shots as ints, the l2 sweep as
+// doubles, optim.wd as rules, each fewshot.<name> split into train and test.
+START_TEST(test_lists_parsed_at_load) {
+    Config c;
+    char *ov[] = {"fewshot.shots=1, 5,10", "fewshot.l2_sweep=0.5,32", "optim.wd=head/*:3, *:0.1",
+                  "fewshot.a=tr-{0..1}.tar|te-0.tar"};
+    ck_assert_msg(config_load(&c, NULL, 4, ov, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(c.n_shots, 3);
+    ck_assert_int_eq(c.shots[0], 1);
+    ck_assert_int_eq(c.shots[2], 10);
+    ck_assert_int_eq(c.n_l2_sweep, 2);
+    ck_assert_double_eq(c.l2_sweep[0], 0.5);
+    ck_assert_int_eq(c.n_wd, 2);
+    ck_assert_str_eq(c.wd_rules[0].pattern, "head/*");
+    ck_assert_double_eq(c.wd_rules[1].value, 0.1);
+    ck_assert_str_eq(c.fewshot_train[0], "tr-{0..1}.tar");
+    ck_assert_str_eq(c.fewshot_test[0], "te-0.tar");
+    // config_set keeps them in step
+    ck_assert_int_eq(config_set(&c, "fewshot", "shots", "25", "test", 0, err, sizeof err), 0);
+    ck_assert_int_eq(c.n_shots, 1);
+    ck_assert_int_eq(c.shots[0], 25);
+    config_defaults(&c);
+    ck_assert_int_eq(c.n_shots, 4);
+    ck_assert_int_eq(c.n_wd, 2);   // head/kernel:3.0, */kernel:0.03
+    ck_assert_int_eq(c.n_l2_sweep, 0);
+}
+END_TEST
+
 static Suite *keys_suite(void) {
     Suite *s = suite_create("keys");
     TCase *tc = tcase_create("keys");
@@ -124,6 +152,7 @@ static Suite *keys_suite(void) {
     tcase_add_test(tc, test_shots_validated);
     tcase_add_test(tc, test_short_run_hint);
     tcase_add_test(tc, test_debug_keys_written_when_set);
+    tcase_add_test(tc, test_lists_parsed_at_load);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -329,7 +329,9 @@ int config_set(Config *c, const char *section, const char *key, const char *valu
         return config_set_fewshot(c, key, value, origin, line, err, errlen);
     int i = config_find_key(section, key, origin, line, err, errlen);
     if (i < 0) return -1;
-    return config_set_value(c, &config_keys[i], value, origin, line, err, errlen);
+    if (config_set_value(c, &config_keys[i], value, origin, line, err, errlen) != 0) return -1;
+    config_parse_lists(c);
+    return 0;
 }
 
 void config_defaults(Config *c) {
@@ -347,6 +349,7 @@ void config_defaults(Config *c) {
         if (config_set_value(c, k, k->def, "config defaults", 0, err, sizeof err) != 0)
             sm_die("bad default in the config table: %s", err);
     }
+    config_parse_lists(c);
 }
 
 // ---------------------------------------------------------------- key list

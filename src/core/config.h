@@ -9,6 +9,16 @@
 #define CFG_STR 256   // short strings (names, patterns, pp chains)
 #define CFG_PATH 1024 // paths and shard lists
 #define CFG_MAX_FEWSHOT 8
+#define CFG_MAX_SHOTS 16  // fewshot.shots values
+#define CFG_MAX_L2 32     // fewshot.l2_sweep values
+
+// One rule of optim.wd ("pattern:value"); src/optim/wd.c parses and applies them.
+#define WD_PATTERN 128
+#define WD_MAX_RULES 64
+typedef struct {
+    char pattern[WD_PATTERN]; // glob over tensor names, '*' = any run incl. '/'
+    double value;             // decay rate, multiplied by the lr in adam_update
+} WdRule;
 
 typedef struct {
     // One field per key of config_keys.def (e.g. width: D), in its order.
@@ -19,6 +29,18 @@ typedef struct {
     int n_fewshot;
     char fewshot_name[CFG_MAX_FEWSHOT][64];
     char fewshot_data[CFG_MAX_FEWSHOT][CFG_PATH];
+
+    // The list-valued keys, parsed into typed fields when the config is
+    // loaded (config_load, config_set); their text above is what the
+    // resolved config writes.
+    int n_shots;                                   // fewshot.shots
+    int shots[CFG_MAX_SHOTS];
+    int n_l2_sweep;                                // fewshot.l2_sweep (0: fewshot.l2 alone)
+    double l2_sweep[CFG_MAX_L2];
+    int n_wd;                                      // optim.wd, the first matching rule wins
+    WdRule wd_rules[WD_MAX_RULES];
+    char fewshot_train[CFG_MAX_FEWSHOT][CFG_PATH]; // fewshot.<name> = train|test, split
+    char fewshot_test[CFG_MAX_FEWSHOT][CFG_PATH];
 } Config;
 
 // Fills every field with its default (the defaults describe a small dense ViT

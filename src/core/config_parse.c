@@ -328,6 +328,40 @@ static int check_list(const char *s, const char *name, int integers, int max, co
     return 0;
 }
 
+// Comma-separated numbers (check_list has accepted them) into out.
+static int number_list(const char *s, double *out, int max) {
+    int n = 0;
+    for (char *end; *s && n < max; s = *end == ',' ? end + 1 : end) {
+        double v = strtod(s, &end);
+        if (end == s) break;
+        out[n++] = v;
+        while (*end == ' ') end++;
+    }
+    return n;
+}
+
+void config_parse_lists(Config *c) {
+    double v[CFG_MAX_L2];
+    char msg[512];
+    memset(c->shots, 0, sizeof c->shots);
+    c->n_shots = number_list(c->fewshot_shots, v, CFG_MAX_SHOTS);
+    for (int i = 0; i < c->n_shots; i++) c->shots[i] = (int)v[i];
+    memset(c->l2_sweep, 0, sizeof c->l2_sweep);
+    c->n_l2_sweep = number_list(c->fewshot_l2_sweep, c->l2_sweep, CFG_MAX_L2);
+    memset(c->wd_rules, 0, sizeof c->wd_rules);
+    c->n_wd = wd_parse(c->wd, c->wd_rules, WD_MAX_RULES, msg, sizeof msg);
+    if (c->n_wd < 0) c->n_wd = 0;
+    memset(c->fewshot_train, 0, sizeof c->fewshot_train);
+    memset(c->fewshot_test, 0, sizeof c->fewshot_test);
+    for (int f = 0; f < c->n_fewshot; f++) {
+        const char *bar = strchr(c->fewshot_data[f], '|');  // one, checked when set
+        if (!bar) continue;
+        snprintf(c->fewshot_train[f], CFG_PATH, "%.*s", (int)(bar - c->fewshot_data[f]),
+                 c->fewshot_data[f]);
+        snprintf(c->fewshot_test[f], CFG_PATH, "%s", bar + 1);
+    }
+}
+
 // The rules that tie keys together, checked once everything is resolved.
 static int validate(const Config *c, const char *o, char *err, size_t errlen) {
     if (validate_ranges(c, o, err, errlen) != 0) return -1;
@@ -426,6 +460,7 @@ int config_load(Config *c, const char *path, int noverrides, char **overrides,
         rc = validate(c, top, err, errlen);
     }
     if (rc == 0) rc = check_modules(&L, top, err, errlen);
+    if (rc == 0) config_parse_lists(c);
     for (size_t i = 0; i < config_nkeys_n; i++) free(L.where[i]);
     return rc;
 }

@@ -45,6 +45,10 @@ int config_key_index(const char *section, const char *key);
 // The same, or -1 with err naming the unknown key and the nearest one.
 int config_find_key(const char *section, const char *key, const char *origin, int line,
                     char *err, size_t errlen);
+// The list-valued keys' text into their typed fields (n_shots, shots, n_l2_sweep,
+// l2_sweep, n_wd, wd_rules, fewshot_train/test); after validation, so every
+// list parses (an optim.wd that does not, set by config_set, gives no rules).
+void config_parse_lists(Config *c);
 // fewshot.<name> = <train source>|<test source>; an empty value removes the set.
 int config_set_fewshot(Config *c, const char *key, const char *value, const char *origin,
                        int line, char *err, size_t errlen);

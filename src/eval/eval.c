@@ -228,29 +228,13 @@ int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n) {
     return 1;
 }
 
-// Comma-separated numbers into out (at most max); returns how many.
-static int parse_list(const char *s, double *out, int max) {
-    int n = 0;
-    char *end;
-    while (*s && n < max) {
-        double v = strtod(s, &end);
-        if (end == s) break;
-        out[n++] = v;
-        s = *end == ',' ? end + 1 : end;
-    }
-    return n;
-}
-
 void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
-    double shots[16], l2s[32];
-    int nshots = parse_list(c->fewshot_shots, shots, 16);
-    int nl2 = c->fewshot_l2_sweep[0] ? parse_list(c->fewshot_l2_sweep, l2s, 32) : 0;
-    if (nl2 == 0) l2s[0] = c->fewshot_l2, nl2 = 1;
+    // fewshot.l2_sweep, or fewshot.l2 alone
+    const double *l2s = c->n_l2_sweep ? c->l2_sweep : &c->fewshot_l2;
+    const int nl2 = c->n_l2_sweep ? c->n_l2_sweep : 1, nshots = c->n_shots;
+    const int *shots = c->shots;
     for (int f = 0; f < c->n_fewshot; f++) {
-        char train[CFG_PATH], *test;
-        snprintf(train, sizeof train, "%s", c->fewshot_data[f]);
-        test = strchr(train, '|');
-        *test++ = '\0';
+        const char *train = c->fewshot_train[f], *test = c->fewshot_test[f];
         float *Xtr, *Xte;
         int *ytr, *yte, K = 0;
         int ntr = eval_features(m, c, train, c->fewshot_per_class, NULL, &Xtr, &ytr);

@@ -102,12 +102,8 @@ void optim_init(Optim *o, const ParamTable *pt, const Config *c) {
     o->m = sm_aligned(pt->total * sizeof(float));
     o->v = sm_aligned(pt->total * sizeof(float));
     optim_zero(o, pt);
-    WdRule rules[WD_MAX_RULES];
-    char err[1024];
-    int nr = wd_parse(c->wd, rules, WD_MAX_RULES, err, sizeof err);
-    if (nr < 0) sm_die("%s", err);
     o->wd = sm_malloc((size_t)pt->n * sizeof(float));
-    wd_per_tensor(rules, nr, pt, o->wd);
+    wd_per_tensor(c->wd_rules, c->n_wd, pt, o->wd);  // optim.wd, parsed by config_load
 }
 
 void optim_zero(Optim *o, const ParamTable *pt) {

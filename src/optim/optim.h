@@ -23,13 +23,8 @@ double sched_lr(const Config *c, long step);
 
 // ---- weight decay (wd.c) ----
 
-#define WD_PATTERN 128
-#define WD_MAX_RULES 64
-
-typedef struct {
-    char pattern[WD_PATTERN]; // glob over tensor names, '*' = any run incl. '/'
-    double value;             // decay rate, multiplied by the lr in adam_update
-} WdRule;
+// WdRule, WD_PATTERN and WD_MAX_RULES are config.h's (Config holds the
+// parsed optim.wd).
 
 // Parses optim.wd, "pattern:value, pattern:value" (whitespace around entries,
 // patterns and values is ignored; a blank spec means no decay). Returns the
@@ -91,8 +86,7 @@ typedef struct {
     float *wd;                // (pt->n) weight decay of each tensor, from optim.wd
 } Optim;
 
-// Zero moments for pt and every tensor's decay from c->wd (dies naming
-// optim.wd on a bad rule).
+// Zero moments for pt and every tensor's decay from c->wd_rules (optim.wd).
 void optim_init(Optim *o, const ParamTable *pt, const Config *c);
 void optim_zero(Optim *o, const ParamTable *pt);
 void optim_free(Optim *o);

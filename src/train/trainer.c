@@ -69,14 +69,10 @@ static void check_sources(const Config *c) {
         if (c->val[0]) check_eval_source(c, c->val, c->train, c->val_labels, "data.val");
     }
     for (int f = 0; f < c->n_fewshot; f++) {
-        char key[96], train[CFG_PATH], *test;
+        char key[96];
         snprintf(key, sizeof key, "fewshot.%s", c->fewshot_name[f]);
-        snprintf(train, sizeof train, "%s", c->fewshot_data[f]);
-        test = strchr(train, '|');
-        SM_CHECK(test, "%s = %s: expected <train source>|<test source>", key, train);
-        *test++ = '\0';
-        check_eval_source(c, train, NULL, NULL, key);
-        check_eval_source(c, test, train, NULL, key);
+        check_eval_source(c, c->fewshot_train[f], NULL, NULL, key);
+        check_eval_source(c, c->fewshot_test[f], c->fewshot_train[f], NULL, key);
     }
     size_t il = strlen(c->init);
     int npz = il > 4 && !strcmp(c->init + il - 4, ".npz");
