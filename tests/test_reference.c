@@ -191,10 +191,21 @@ static void check_case_bf16(const char *name) {
         snprintf(key, sizeof key, "params/%s", s->name);
         memcpy(m.params + s->offset, fixture_need(f, key, FIX_F32)->data, s->numel * sizeof(float));
     }
+    // sparse routers: training mode with the reference's noise draws (the
+    // fixtures' top-k margins are wide enough that bf16 rounding of the
+    // logits does not change a selection; a changed one fails below)
+    const FixTensor *noise = fixture_get(f, "input/noise");
+    if (noise) m.ctx.train = 1, m.test_noise = noise->data;
     vit_zero_grad(&m);
     double loss = vit_forward(&m, img->data, tgt->data, B);
     vit_backward(&m, tgt->data, B);
     gemm_info(&g1);
+    if (m.d.n_moe && m.d.router->has_aux) {
+        const FixTensor *ra = fixture_need(f, "output/aux_loss", FIX_F32);
+        double ea = fabs(m.aux_loss - ra->data[0]) / fabs(ra->data[0]);
+        printf("%-14s bf16: aux_loss rel %.2e\n", name, ea);
+        ck_assert_msg(ea < BF16_FWD_TOL, "%s bf16: auxiliary loss off by %.3g", name, ea);
+    }
     // every product of the step was planned at vit_alloc
     ck_assert_int_eq(g1.plans, g0.plans);
     ck_assert_int_eq(g1.late_plans, g0.late_plans);
@@ -245,9 +256,10 @@ static void check_case_bf16(const char *name) {
 }
 
 START_TEST(test_bf16) {
-    const char *cases[] = {"gap_learn", "tok_sincos_qk", "map_learn_qk", "softmoe_gap",
-                           "softmoe_every"};
-    for (int i = 0; i < 5; i++) check_case_bf16(cases[i]);
+    const char *cases[] = {"gap_learn",        "tok_sincos_qk",    "map_learn_qk",
+                           "softmoe_gap",      "softmoe_every",    "tokens_choice_k1",
+                           "tokens_choice_k2", "experts_choice"};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_case_bf16(cases[i]);
 }
 END_TEST
 
