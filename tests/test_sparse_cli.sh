@@ -8,12 +8,8 @@
 # experts loaded, head re-initialised).
 # Usage: sh tests/test_sparse_cli.sh build/softmoe
 set -u
+. "$(dirname "$0")/lib.sh"
 BIN=${1:-build/softmoe}
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 "$BIN" shards synth "$T/s" 400 200 >/dev/null 2>&1 || bad "shards synth"
@@ -51,5 +47,4 @@ for r in tc ec; do
         { bad "$r: train.init fine-tuning"; tail -5 "$T/$r.ft"; }
     grep -qi 'head.*re-\?init\|new head\|head/kernel' "$T/$r.ft" && ok || { bad "$r: no word on the new head"; cat "$T/$r.ft"; }
 done
-echo "sparse_cli: $pass passed, $fail failed, 0 skipped"
-[ "$fail" = 0 ]
+finish "sparse_cli"
