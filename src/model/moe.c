@@ -5,7 +5,6 @@
 
 #include <string.h>
 
-#include "../dist/dist.h"
 #include "gemm.h"
 #include "layers.h"
 
@@ -96,7 +95,7 @@ void moe_scratch_carve(MoeScratch *s, float *p, MoeDims d) {
 static void to_owners(float *xe, const float *xs, float *xch, MoeDims d) {
     if (d.W == 1 || gemm_planning()) return;  // xe is xs; planning sends nothing
     const size_t blk = moe_rows(d) * d.D;
-    dist_alltoall_ep(xs, xch, (size_t)d.El * blk);
+    d.exchange(xs, xch, (size_t)d.El * blk);
     #pragma omp parallel for schedule(static) collapse(2)
     for (int e = 0; e < d.El; e++)
         for (int r = 0; r < d.W; r++)
@@ -114,7 +113,7 @@ static void from_owners(float *ys, const float *ye, float *xch, MoeDims d) {
         for (int e = 0; e < d.El; e++)
             memcpy(xch + ((size_t)r * d.El + e) * blk, ye + ((size_t)e * d.W + r) * blk,
                    blk * sizeof(float));
-    dist_alltoall_ep(xch, ys, (size_t)d.El * blk);
+    d.exchange(xch, ys, (size_t)d.El * blk);
 }
 
 // The El local experts, each one MLP over its W*R rows (few-row kernels).

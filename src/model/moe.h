@@ -35,9 +35,21 @@
 
 typedef struct MoeRouter MoeRouter;
 
+// The expert-parallel group a model is built for (vit_build_group): this
+// process's rank in it, its size, and the all-to-all that sends per_rank
+// floats of `send` to every member and receives theirs into `recv`, in rank
+// order (under MPI dist_alltoall_ep). {0, 1, NULL}: one process holding
+// every expert.
+typedef void (*MoeExchange)(const float *send, float *recv, size_t per_rank);
+typedef struct {
+    int rank, size;
+    MoeExchange exchange;
+} MoeGroup;
+
 typedef struct {
     int B, N, D, M, E, P;           // P: buffer rows per expert and group (Soft MoE: slots)
     int El, W;                      // local experts, expert-group size (0: E and 1)
+    MoeExchange exchange;           // the group's all-to-all (W > 1)
     int G;                          // images per routing group (0: 1)
     const MoeRouter *router;        // NULL: the soft router
     // Router settings (DESIGN.md keys).

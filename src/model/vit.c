@@ -8,7 +8,6 @@
 
 #include "../core/common.h"
 #include "../core/rng.h"
-#include "../dist/dist.h"
 #include "gemm.h"
 #include "layers.h"
 
@@ -123,7 +122,8 @@ int vit_check_config(const Config *c, char *err, size_t n) {
 
 MoeDims vit_moe_dims(const VitDims *d, int B) {
     return (MoeDims){.B = B, .N = d->N, .D = d->D, .M = d->M, .E = d->E, .P = d->EP,
-                     .El = d->El, .W = d->ep, .G = d->group, .router = d->router, .k = d->k,
+                     .El = d->El, .W = d->ep, .exchange = d->exchange, .G = d->group,
+                     .router = d->router, .k = d->k,
                      .bpr = d->bpr, .noise_std = d->noise_std, .imp_w = d->imp_w,
                      .load_w = d->load_w, .uniform_dispatch = d->uni_dispatch,
                      .uniform_combine = d->uni_combine};
@@ -170,6 +170,11 @@ static void add_moe(ParamTable *pt, int l, const VitDims *d) {
 }
 
 void vit_build(Vit *m, const Config *c) {
+    const MoeGroup one = {0, 1, NULL};
+    vit_build_group(m, c, &one);
+}
+
+void vit_build_group(Vit *m, const Config *c, const MoeGroup *g) {
     char err[512];
     if (vit_check_config(c, err, sizeof err) != 0 || vit_check_sizes(c, 1, err, sizeof err) != 0)
         sm_die("%s", err);
@@ -196,7 +201,7 @@ void vit_build(Vit *m, const Config *c) {
         d->EP = d->router->rows(c, d->N, err, sizeof err);  // checked by vit_check_config
         d->ES = d->E * d->EP;
         d->shared_init = c->shared_init;
-        d->ep = dist_ep(), d->ep_rank = dist_ep_rank();
+        d->ep = g->size, d->ep_rank = g->rank, d->exchange = g->exchange;
         SM_CHECK(d->E % d->ep == 0, "moe.experts = %d cannot be split over %d ranks", d->E, d->ep);
         d->El = d->E / d->ep;
         parse_layers(c->layers, d->L, d->is_moe, err, sizeof err);

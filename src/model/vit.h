@@ -24,7 +24,8 @@ typedef struct {
     int k, bpr, uni_dispatch, uni_combine;
     float noise_std, imp_w, load_w;
     int shared_init;                 // all experts start equal
-    int El, ep, ep_rank;             // experts held here, expert-group size and rank (dist)
+    int El, ep, ep_rank;             // experts held here, expert-group size and rank
+    MoeExchange exchange;            // the expert group's all-to-all (MoeGroup)
     int n_moe;                       // number of MoE blocks
     unsigned char is_moe[VIT_MAX_DEPTH];
 } VitDims;
@@ -123,9 +124,14 @@ int vit_check_config(const Config *c, char *err, size_t errlen);
 int vit_check_sizes(const Config *c, int B, char *err, size_t errlen);
 // Floats of the activation block for B images (what vit_alloc would take).
 size_t vit_act_floats(Vit *m, int B);
-// Derives dimensions and the parameter table from the config (no weights);
-// dies with vit_check_config's message on a bad config.
+// Derives dimensions and the parameter table from the config (no weights)
+// for one process holding every expert; dies with vit_check_config's
+// message on a bad config.
 void vit_build(Vit *m, const Config *c);
+// The same for a member of an expert-parallel group: it holds E / g->size
+// experts and exchanges expert rows through g->exchange (the model reads no
+// global state of its own).
+void vit_build_group(Vit *m, const Config *c, const MoeGroup *g);
 // Allocates params, grads and activations for batches of up to B images;
 // in bf16 also plans every product of a B-image step (gemm.h).
 void vit_alloc(Vit *m, int B);

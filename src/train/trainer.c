@@ -130,7 +130,8 @@ void trainer_setup(Trainer *t, const Config *c, int quiet_arg) {
     t->rank = dist_rank(), t->world = dist_world();
     split_batch(t, c);
     check_sources(c);
-    vit_build(&t->m, c);
+    const MoeGroup group = {dist_ep_rank(), dist_ep(), dist_alltoall_ep};
+    vit_build_group(&t->m, c, &group);
     char err[1024];
     mem_estimate(&t->m, c, t->B, t->mb, &t->mem);
     if (mem_check(&t->mem, c, err, sizeof err) != 0) sm_die("%s", err);
