@@ -194,7 +194,7 @@ static void print_comm(const Vit *m, const Config *c) {
         double B = c->batch_size / W, rep = W / ep;
         // every router moves E * (groups per rank) * P rows (P: slots or capacity)
         double groups = d->E ? ceil(B / d->group) : 0;
-        double a2a = 4.0 * d->n_moe * d->E * groups * d->EP * d->D * 4 * (ep - 1) / ep;
+        double a2a = 4.0 * d->n_moe * d->E * groups * d->rows * d->D * 4 * (ep - 1) / ep;
         double ar = dense * 4 * 2 * (W - 1) / W + expert / ep * 4 * 2 * (rep - 1) / rep;
         printf("  %6d %10.0f %8d %18.4f %18.4f\n", W, B, d->E ? d->E / ep : 0, a2a / 1e6, ar / 1e6);
     }
@@ -219,7 +219,7 @@ static int cmd_params(const Config *c) {
     printf("gflops_per_image: %.4f\n", vit_flops_per_image(&m.d) / 1e9);
     if (m.d.E)
         printf("moe: router %s, %d experts x %d rows per group of %d image%s (%s)\n",
-               m.d.router->name, m.d.E, m.d.EP, m.d.group, m.d.group > 1 ? "s" : "",
+               m.d.router->name, m.d.E, m.d.rows, m.d.group, m.d.group > 1 ? "s" : "",
                m.d.router->rows_are);
     MemEstimate me;
     char mem[256], err[512];

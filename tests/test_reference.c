@@ -122,19 +122,19 @@ static void check_case(const char *name) {
         const FixTensor *dw = fixture_need(f, "debug/moe_dispatch", FIX_F32);
         const FixTensor *cw = fixture_need(f, "debug/moe_combine", FIX_F32);
         const FixTensor *xs = fixture_need(f, "debug/moe_slots_in", FIX_F32);
-        ck_assert_uint_eq(dw->numel, (size_t)B * m.d.N * m.d.ES);
+        ck_assert_uint_eq(dw->numel, (size_t)B * m.d.N * m.d.all_rows);
         const float *our_dw, *our_cw;
         moe_soft_weights(ma, vit_moe_dims(&m.d, B), &our_dw, &our_cw);
         double e1 = sm_rel_err(our_dw, dw->data, dw->numel, 0);
         double e2 = sm_rel_err(our_cw, cw->data, cw->numel, 0);
         // our slots are expert-major (E,B*P,D); the reference's are (B,S,D)
         double e3 = 0, mx = 0;
-        const int P = m.d.EP, D = m.d.D;
+        const int P = m.d.rows, D = m.d.D;
         for (int b = 0; b < B; b++)
-            for (int s = 0; s < m.d.ES; s++)
+            for (int s = 0; s < m.d.all_rows; s++)
                 for (int j = 0; j < D; j++) {
                     float ours = ma->xs[(((size_t)(s / P) * B + b) * P + s % P) * D + j];
-                    float ref = xs->data[((size_t)b * m.d.ES + s) * D + j];
+                    float ref = xs->data[((size_t)b * m.d.all_rows + s) * D + j];
                     e3 = fmax(e3, fabs(ours - ref));
                     mx = fmax(mx, fabs(ref));
                 }

@@ -369,21 +369,21 @@ START_TEST(test_capacity) {
     Vit m;
     // Tokens Choice: ceil(2 images * 16 tokens * k 2 * 1.0 / 6) = 11 (multiple of 1)
     build(&m, "moe.router=tokens_choice", "moe.k=2");
-    ck_assert_int_eq(m.d.EP, 11);
+    ck_assert_int_eq(m.d.rows, 11);
     ptable_free(&m.pt);
     build(&m, "moe.router=tokens_choice", "moe.capacity_multiple_of=4");
-    ck_assert_int_eq(m.d.EP, 8);  // ceil(32 / 6) = 6 -> 8
+    ck_assert_int_eq(m.d.rows, 8);  // ceil(32 / 6) = 6 -> 8
     ck_assert_int_ge(ptable_find(&m.pt, "Encoder/encoderblock_1/Moe/Router/dense/kernel"), 0);
     ck_assert_int_lt(ptable_find(&m.pt, "Encoder/encoderblock_1/Moe/Router/mu"), 0);
     ptable_free(&m.pt);
     // Experts Choice: round(32 * 1.0 / 6) = 5
     build(&m, "moe.router=experts_choice", "moe.capacity_factor=1.0");
-    ck_assert_int_eq(m.d.EP, 5);
+    ck_assert_int_eq(m.d.rows, 5);
     // FLOPs count the capacity: 6 experts x 5 rows per group of 2 images
     double f0 = vit_flops_per_image(&m.d);
     ptable_free(&m.pt);
     build(&m, "moe.router=experts_choice", "moe.capacity_factor=2.0");
-    ck_assert_int_eq(m.d.EP, 11);
+    ck_assert_int_eq(m.d.rows, 11);
     double f1 = vit_flops_per_image(&m.d);
     // one MoE block, 18 more rows per image: the experts 2 * 18 * D * M * 2, the combine 2 * 18 * D
     ck_assert_double_eq_tol(f1 - f0, 2.0 * 18 * 16 * 24 * 2 + 2.0 * 18 * 16, 1e-6);

@@ -225,7 +225,7 @@ START_TEST(test_layers_spec) {
     // slots = auto: P = round(N * c / E) = round(16 * 1.0 / 6) = 3
     moe_config(&c, "moe.slots=auto");
     vit_build(&m, &c);
-    ck_assert_int_eq(m.d.EP, 3);
+    ck_assert_int_eq(m.d.rows, 3);
     ptable_free(&m.pt);
 }
 END_TEST

@@ -52,7 +52,7 @@ static void check_model_moe(const char *pool, const char *posemb, int qk, const 
     // random parameters of moderate scale so every path carries gradient
     gc_fill(m.params, m.pt.total, 0.5f, 99);
     const VitDims *d = &m.d;
-    size_t npix = (size_t)B * d->S * d->S * d->C;
+    size_t npix = (size_t)B * d->img * d->img * d->C;
     float *img = malloc(npix * sizeof(float)), *tgt = calloc((size_t)B * d->K, sizeof(float));
     gc_fill(img, npix, 1, 7);
     for (int b = 0; b < B; b++) tgt[b * d->K + (b * 2) % d->K] = 1;
@@ -136,7 +136,7 @@ START_TEST(test_batch_independence) {
     vit_build(&m, &cfg);
     vit_alloc(&m, 5);
     gc_fill(m.params, m.pt.total, 0.5f, 3);
-    size_t per = (size_t)m.d.S * m.d.S * m.d.C;
+    size_t per = (size_t)m.d.img * m.d.img * m.d.C;
     float *img = malloc(5 * per * sizeof(float));
     gc_fill(img, 5 * per, 1, 4);
     vit_forward(&m, img, NULL, 5);

@@ -106,7 +106,7 @@ static int next_eval_batch(Loader *l, const Vit *m, float *img, float *tgt, int 
     int g = *done ? 0 : loader_next(l, img, tgt, lab);
     if (g <= 0) g = 0, *done = 1;
     int B = dist_max(g);  // the largest batch of any rank
-    size_t px = (size_t)d->S * d->S * d->C;
+    size_t px = (size_t)d->img * d->img * d->C;
     if (g < B) {
         memset(img + (size_t)g * px, 0, (size_t)(B - g) * px * sizeof(float));
         if (tgt) memset(tgt + (size_t)g * d->K, 0, (size_t)(B - g) * d->K * sizeof(float));
@@ -122,7 +122,7 @@ int eval_features(Vit *m, const Config *c, const char *paths, int per_class,
     // EVAL_MAX_CLASSES is a damaged sample, skipped and counted by the loader.
     Loader *l = open_eval(m, c, paths, EVAL_MAX_CLASSES, per_class,
                          names_src ? eval_source_kind(names_src) : "", names_src, NULL);
-    float *img = sm_aligned((size_t)B * m->d.S * m->d.S * m->d.C * sizeof(float));
+    float *img = sm_aligned((size_t)B * m->d.img * m->d.img * m->d.C * sizeof(float));
     int *lab = sm_malloc((size_t)B * sizeof(int)), *count = NULL, ncount = 0;
     int n = 0, cap = 0, got, full = 0, done = 0, Bs;
     long since_new = 0;  // samples read since a class last gained an image
@@ -203,7 +203,7 @@ int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n) {
     if (!c->val[0]) return 0;
     const VitDims *d = &m->d;
     Loader *l = open_eval(m, c, c->val, d->K, 0, c->source, c->train, c->val_labels);
-    float *img = sm_aligned((size_t)m->B * d->S * d->S * d->C * sizeof(float));
+    float *img = sm_aligned((size_t)m->B * d->img * d->img * d->C * sizeof(float));
     float *tgt = sm_malloc((size_t)m->B * d->K * sizeof(float));
     double v[3] = {0, 0, 0};  // correct, seen, loss sum (summed over ranks)
     int Bs, got, done = 0;

@@ -214,13 +214,13 @@ int predict_main(int argc, char **argv) {
                 "classes: names not shown\n", nnames, c.train, d->K);
         classes_free(names, nnames), names = NULL, nnames = 0;
     }
-    const size_t px = (size_t)d->S * d->S * d->C;
+    const size_t px = (size_t)d->img * d->img * d->C;
     float *img = sm_aligned((size_t)B * px * sizeof(float));
     int *which = sm_malloc((size_t)B * sizeof(int)), status = 0;
     for (int i0 = 0; i0 < files.n;) {
         int nb = 0;
         for (; i0 < files.n && nb < B; i0++) {
-            if (load_image(files.v[i0], &pp, d->S, d->C, img + (size_t)nb * px, err, sizeof err)) {
+            if (load_image(files.v[i0], &pp, d->img, d->C, img + (size_t)nb * px, err, sizeof err)) {
                 fprintf(stderr, "softmoe: error: image '%s': %s\n", files.v[i0], err);
                 status = 1;
                 continue;

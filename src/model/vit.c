@@ -121,8 +121,8 @@ int vit_check_config(const Config *c, char *err, size_t n) {
 }
 
 MoeDims vit_moe_dims(const VitDims *d, int B) {
-    return (MoeDims){.B = B, .N = d->N, .D = d->D, .M = d->M, .E = d->E, .P = d->EP,
-                     .El = d->El, .W = d->ep, .exchange = d->exchange, .G = d->group,
+    return (MoeDims){.B = B, .N = d->N, .D = d->D, .M = d->M, .E = d->E, .P = d->rows,
+                     .El = d->El, .W = d->ep_size, .exchange = d->exchange, .G = d->group,
                      .router = d->router, .k = d->k,
                      .bpr = d->bpr, .noise_std = d->noise_std, .imp_w = d->imp_w,
                      .load_w = d->load_w, .uniform_dispatch = d->uni_dispatch,
@@ -146,7 +146,7 @@ static void add_moe(ParamTable *pt, int l, const VitDims *d) {
     if (d->router->params == MOE_PARAMS_SLOTS) {
         snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/mu", l);
         // flax lecun_normal on (D,E,P): fan_in = D*E
-        add(pt, n, INIT_LECUN_NORMAL, 0, D * E, 0, 3, D, E, d->EP, 0);
+        add(pt, n, INIT_LECUN_NORMAL, 0, D * E, 0, 3, D, E, d->rows, 0);
         snprintf(n, sizeof n, "Encoder/encoderblock_%d/Moe/Router/scale", l);
         add(pt, n, INIT_ONES, 0, 0, 0, 0, 0, 0, 0, 0);
     } else if (d->router->params == MOE_PARAMS_GATE) {
@@ -180,7 +180,7 @@ void vit_build_group(Vit *m, const Config *c, const MoeGroup *g) {
         sm_die("%s", err);
     memset(m, 0, sizeof *m);
     VitDims *d = &m->d;
-    d->S = c->image_size, d->C = c->channels, d->P = c->patch, d->G = d->S / d->P;
+    d->img = c->image_size, d->C = c->channels, d->patch = c->patch, d->G = d->img / d->patch;
     d->Np = d->G * d->G;
     d->pool = !strcmp(c->pool, "tok") ? POOL_TOK : !strcmp(c->pool, "map") ? POOL_MAP : POOL_GAP;
     d->N = d->Np + (d->pool == POOL_TOK);
@@ -198,20 +198,20 @@ void vit_build_group(Vit *m, const Config *c, const MoeGroup *g) {
         d->imp_w = (float)c->importance_weight, d->load_w = (float)c->load_weight;
         d->uni_dispatch = !strcmp(c->dispatch, "uniform");
         d->uni_combine = !strcmp(c->combine, "uniform");
-        d->EP = d->router->rows(c, d->N, err, sizeof err);  // checked by vit_check_config
-        d->ES = d->E * d->EP;
+        d->rows = d->router->rows(c, d->N, err, sizeof err);  // checked by vit_check_config
+        d->all_rows = d->E * d->rows;
         d->shared_init = c->shared_init;
-        d->ep = g->size, d->ep_rank = g->rank, d->exchange = g->exchange;
-        SM_CHECK(d->E % d->ep == 0, "moe.experts = %d cannot be split over %d ranks", d->E, d->ep);
-        d->El = d->E / d->ep;
+        d->ep_size = g->size, d->ep_rank = g->rank, d->exchange = g->exchange;
+        SM_CHECK(d->E % d->ep_size == 0, "moe.experts = %d cannot be split over %d ranks", d->E, d->ep_size);
+        d->El = d->E / d->ep_size;
         parse_layers(c->layers, d->L, d->is_moe, err, sizeof err);
         for (int l = 0; l < d->L; l++) d->n_moe += d->is_moe[l];
     }
 
     ParamTable *pt = &m->pt;
     ptable_init(pt);
-    int ppc = d->P * d->P * d->C;
-    add(pt, "embedding/kernel", INIT_LECUN_NORMAL, 0, ppc, d->D, 4, d->P, d->P, d->C, d->D);
+    int ppc = d->patch * d->patch * d->C;
+    add(pt, "embedding/kernel", INIT_LECUN_NORMAL, 0, ppc, d->D, 4, d->patch, d->patch, d->C, d->D);
     add(pt, "embedding/bias", INIT_ZEROS, 0, 0, 0, 1, d->D, 0, 0, 0);
     if (d->pool == POOL_TOK) add(pt, "cls", INIT_ZEROS, 0, 0, 0, 3, 1, 1, d->D, 0);
     if (d->learn_pos)
@@ -310,7 +310,7 @@ static size_t carve(Vit *m, float *base, int B) {
 #define TAKE(p, n) (p = base ? base + off : NULL, off += ((size_t)(n) + 15) / 16 * 16)
     VitActs *a = &m->a;
     const MoeDims md = vit_moe_dims(d, B);
-    TAKE(a->patches, (size_t)B * d->Np * d->P * d->P * d->C);
+    TAKE(a->patches, (size_t)B * d->Np * d->patch * d->patch * d->C);
     TAKE(a->emb, (size_t)B * d->Np * d->D);
     for (int l = 0; l < d->L; l++) {
         BlockActs *k = &a->blk[l];
@@ -368,7 +368,7 @@ static size_t carve(Vit *m, float *base, int B) {
 // step. No arithmetic, no all-to-all; the gradients it touched are zeroed.
 static void plan_gemms(Vit *m, int B) {
     const VitDims *d = &m->d;
-    float *img = sm_calloc((size_t)B * d->S * d->S * d->C, sizeof(float));
+    float *img = sm_calloc((size_t)B * d->img * d->img * d->C, sizeof(float));
     float *tgt = sm_calloc((size_t)B * d->K, sizeof(float));
     gemm_plan_begin();
     vit_forward(m, img, tgt, B);
@@ -468,13 +468,13 @@ void vit_init(Vit *m, uint64_t seed) {
 
 double vit_flops_per_image(const VitDims *d) {
     double N = d->N, D = d->D, M = d->M;
-    double f = 2.0 * d->Np * (double)(d->P * d->P * d->C) * D;          // patch embedding
+    double f = 2.0 * d->Np * (double)(d->patch * d->patch * d->C) * D;          // patch embedding
     double attn = 2.0 * N * D * D * 4                                   // q k v out
                   + 2.0 * N * N * D * 2;                                // q k^T, att v
     double mlp = 2.0 * N * D * M * 2;
     // MoE: the experts on their E*P buffer rows per group of G images, and
     // the router's own products (its flops()).
-    double rows = (double)d->ES / (d->group > 0 ? d->group : 1);
+    double rows = (double)d->all_rows / (d->group > 0 ? d->group : 1);
     double moe = 2.0 * rows * D * M * 2;
     if (d->n_moe) moe += d->router->flops(vit_moe_dims(d, 1));
     f += d->L * attn + (d->L - d->n_moe) * mlp + d->n_moe * moe;

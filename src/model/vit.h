@@ -13,18 +13,19 @@ enum { POOL_GAP = 0, POOL_TOK = 1, POOL_MAP = 2 };
 #define VIT_MAX_DEPTH 256
 
 typedef struct {
-    int S, C, P, G;   // image size, channels, patch, grid G = S/P
+    int img, C, patch, G;            // image size, channels, patch size, grid G = img/patch
     int Np, N;        // patches, tokens (Np + 1 with a cls token)
     int D, H, Dh, M, L, K;
     int pool, learn_pos, qk_norm, loss;
-    int E, EP, ES;                   // experts E, buffer rows per expert and group P (Soft MoE:
-                                     // slots; sparse routers: capacity C), ES = E*P (E = 0: dense)
+    int E, rows, all_rows;           // experts E, buffer rows per expert and group (MoeDims.P;
+                                     // Soft MoE: slots, sparse routers: capacity C), E*rows
+                                     // (E = 0: dense)
     const MoeRouter *router;         // moe.router
     int group;                       // images per routing group (moe.group_size; Soft MoE 1)
     int k, bpr, uni_dispatch, uni_combine;
     float noise_std, imp_w, load_w;
     int shared_init;                 // all experts start equal
-    int El, ep, ep_rank;             // experts held here, expert-group size and rank
+    int El, ep_size, ep_rank;        // experts held here, expert-group size and rank
     MoeExchange exchange;            // the expert group's all-to-all (MoeGroup)
     int n_moe;                       // number of MoE blocks
     unsigned char is_moe[VIT_MAX_DEPTH];

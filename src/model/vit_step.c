@@ -95,7 +95,7 @@ double vit_forward(Vit *m, const float *images, const float *targets, int B) {
     m->fwd_B = B;
     gemm_set_precision(m->precision);
     m->aux_loss = 0;
-    patch_forward(a->emb, a->patches, images, m->w.emb_w, m->w.emb_b, B, d->S, d->C, d->P, d->D);
+    patch_forward(a->emb, a->patches, images, m->w.emb_w, m->w.emb_b, B, d->img, d->C, d->patch, d->D);
     embed_tokens(m, a->blk[0].x);
     for (int l = 0; l < d->L; l++)
         block_forward(m, l, B, l + 1 < d->L ? a->blk[l + 1].x : a->xL);
@@ -200,8 +200,8 @@ static void embed_backward(Vit *m, int B) {
         }
         demb = a->dln;
     }
-    patch_backward(NULL, m->g.emb_w, m->g.emb_b, demb, a->patches, m->w.emb_w, B, d->S, d->C,
-                   d->P, D);
+    patch_backward(NULL, m->g.emb_w, m->g.emb_b, demb, a->patches, m->w.emb_w, B, d->img, d->C,
+                   d->patch, D);
 }
 
 void vit_backward(Vit *m, const float *targets, int B) {

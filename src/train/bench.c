@@ -152,7 +152,7 @@ static void bench_blocks(const VitDims *d, int B) {
     printf("block fwd+bwd: %s %.2f ms (E=%d P=%d, %d expert rows) | experts %.2f ms | routing "
            "overhead %.2f ms | dense mlp on %d rows %.2f ms (ratio %.2f) | dense mlp on %d "
            "tokens %.2f ms (ratio %.2f)\n",
-           d->router->name, tm * 1e3, d->E, d->EP, rows, te * 1e3, (tm - te) * 1e3, rows,
+           d->router->name, tm * 1e3, d->E, d->rows, rows, te * 1e3, (tm - te) * 1e3, rows,
            ts * 1e3, tm / ts, B * d->N, tn * 1e3, tm / tn);
 }
 
@@ -267,7 +267,7 @@ static void bench_setup(Bench *b, const Config *c) {
     Rng r;
     rng_seed(&r, 1, 2);
     for (size_t i = 0; i < (size_t)d->D * d->K; i++) b->m.w.head_w[i] = 0.01f * rng_normal(&r);
-    size_t npix = (size_t)b->B * d->S * d->S * d->C;
+    size_t npix = (size_t)b->B * d->img * d->img * d->C;
     b->img = sm_aligned(npix * sizeof(float));
     b->tgt = sm_calloc((size_t)b->B * d->K, sizeof(float));
     for (size_t i = 0; i < npix; i++) b->img[i] = rng_normal(&r);
@@ -301,7 +301,7 @@ typedef struct {
 static void timed_step(Bench *b, const Config *c, int s, double *tf, double *tb, double *tu) {
     const VitDims *d = &b->m.d;
     for (int k = 0; k < b->nmicro; k++) {
-        const float *img = b->img + (size_t)k * b->mb * d->S * d->S * d->C;
+        const float *img = b->img + (size_t)k * b->mb * d->img * d->img * d->C;
         const float *tgt = b->tgt + (size_t)k * b->mb * d->K;
         double ta = sm_now();
         b->m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = s, .img0 = (long)k * b->mb};
@@ -396,7 +396,7 @@ void bench_run(const Config *c) {
     const int bf16 = b.m.precision != GEMM_FP32;
     double peak = bf16 && peak16 > 0 ? peak16 : peak32;
     printf("model: D=%d L=%d H=%d M=%d patch=%d image=%d N=%d K=%d pool=%s, %.2fM params\n",
-           d->D, d->L, d->H, d->M, d->P, d->S, d->N, d->K, c->pool, (double)n / 1e6);
+           d->D, d->L, d->H, d->M, d->patch, d->img, d->N, d->K, c->pool, (double)n / 1e6);
     if (b.nmicro > 1)
         printf("batch: %d in %d micro-steps of %d, steps timed: %d (after %d warm-up)\n", B,
                b.nmicro, b.mb, steps, warm);

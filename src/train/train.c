@@ -57,7 +57,7 @@ static void next_batch(Trainer *t, const Config *c, long step) {
     const VitDims *d = &t->m.d;
     if (!t->ld) {
         // rank r takes images [r*B, (r+1)*B) of the global batch
-        synthetic_batch(t->images, t->targets, NULL, t->B, d->S, d->C, d->K, c->seed,
+        synthetic_batch(t->images, t->targets, NULL, t->B, d->img, d->C, d->K, c->seed,
                         (uint64_t)step * (uint64_t)c->batch_size + (uint64_t)t->rank * t->B);
         return;
     }
@@ -103,7 +103,7 @@ static void router_metrics(Trainer *t, double *rm) {
 // accumulate into m.grads, its loss and aux into o (means over micro-steps).
 static void micro_step(Trainer *t, const Config *c, long step, int k, StepOut *o) {
     const VitDims *d = &t->m.d;
-    const float *img = t->images + (size_t)k * t->mb * d->S * d->S * d->C;
+    const float *img = t->images + (size_t)k * t->mb * d->img * d->img * d->C;
     const float *tgt = t->targets + (size_t)k * t->mb * d->K;
     // routing noise: a function of (seed, step, layer, global token)
     t->m.ctx = (MoeCtx){.train = 1, .seed = c->seed, .step = step,
@@ -142,7 +142,7 @@ static StepOut train_step(Trainer *t, const Config *c, long step, Loop *lp) {
 // zero batch of the round's size, so the all-to-alls still pair up.
 static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *loss) {
     const VitDims *d = &t->m.d;
-    const size_t px = (size_t)d->S * d->S * d->C;
+    const size_t px = (size_t)d->img * d->img * d->C;
     const int EB = t->mb;  // the batch the activations hold
     double v[3] = {0, 0, 0};  // correct, seen, loss sum
     const int nb = (n + EB - 1) / EB;
@@ -151,7 +151,7 @@ static void evaluate(Trainer *t, const Config *c, int n, double *prec1, double *
         int got = k < nb ? (n - i < EB ? n - i : EB) : 0;
         int B = dist_max(got);
         if (got)
-            synthetic_batch(t->images, t->targets, NULL, got, d->S, d->C, d->K, c->seed,
+            synthetic_batch(t->images, t->targets, NULL, got, d->img, d->C, d->K, c->seed,
                             SYN_VAL_OFFSET + (uint64_t)i);
         memset(t->images + (size_t)got * px, 0, (size_t)(B - got) * px * sizeof(float));
         vit_forward(&t->m, t->images, NULL, B);

@@ -140,7 +140,7 @@ void trainer_setup(Trainer *t, const Config *c, int quiet_arg) {
     trainer_fresh_state(t, c);
     make_segments(t);
     const VitDims *d = &t->m.d;
-    t->images = sm_aligned((size_t)t->B * d->S * d->S * d->C * sizeof(float));
+    t->images = sm_aligned((size_t)t->B * d->img * d->img * d->C * sizeof(float));
     t->targets = sm_aligned((size_t)t->B * d->K * sizeof(float));
     t->rm = sm_calloc((size_t)d->L * MOE_NMETRICS, sizeof(double));
     open_loader(t, c, quiet_arg);
