@@ -351,6 +351,9 @@ void bench_run(const Config *c, int steps) {
                "%d product shapes planned at build, %d later)\n",
                gi.have_dnnl ? "oneDNN has no bf16 matmul for this CPU" : "built without oneDNN",
                g0.plans, gi.late_plans);
+    char blas[256];
+    sm_blas_describe(blas, sizeof blas);
+    printf("blas: %s\n", blas);
     printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of %d measured between the steps; "
            "lowest %.1f)\n", peak32, steps + 2, peak_lo);
     if (peak16 > 0) printf("bf16_gemm_peak_gflops_per_s: %.1f (oneDNN, 2048^3, best of 3)\n", peak16);
