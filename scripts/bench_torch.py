@@ -213,7 +213,9 @@ def main():
         if m not in MODELS:
             sys.exit("bench_torch: unknown model %s (choose from %s)" % (m, ",".join(MODELS)))
     print("bench-peer: batch %d, %d px, %d threads, best step of %d per process, best of %d "
-          "rounds; PyTorch %s" % (BATCH, IMG, 2, a.steps, a.reps, torch.__version__), flush=True)
+          "rounds; PyTorch %s; OPENBLAS_CORETYPE %s (both programs' BLAS kernels)"
+          % (BATCH, IMG, 2, a.steps, a.reps, torch.__version__,
+             os.environ.get("OPENBLAS_CORETYPE", "unset")), flush=True)
     results = {}
     for m in models:
         best = {}

@@ -100,6 +100,7 @@ handled() {  # handled LINE: prints how this test treats a README line
     "build/softmoe shards synth "*) echo run-tmp ;;
     "scripts/plot.py "*) echo plot ;;
     "make paper") echo "paper: run below, narrowed to one small run" ;;
+    "PAPER_JOBS=2 make paper") echo "paper: the same grid two runs at a time (tests/test_paper.sh runs PAPER_JOBS=2)" ;;
     "PAPER_STEPS="*"make paper") echo run-paper ;;
     "build/softmoe train configs/paper_fmnist.ini ...") echo "template: the grid's recipe, run by make paper" ;;
     *CONFIG.ini*|*CKPT.h5*|*WORKDIR*|*"fmnist|folder|synth ..."*) echo "template: placeholders" ;;

@@ -82,6 +82,13 @@ grep -q "^warning: mfu above 100% means the sgemm peak was measured while the ma
     ok || { bad "no MFU warning:"; cat "$T/o"; }
 "$BIN" bench "$T/c.ini" bench.steps=2 >"$T/o" 2>&1
 grep -q "best of 4 measured between the steps" "$T/o" && ok || { bad "peak not interleaved:"; cat "$T/o"; }
+# which BLAS kernels ran, and who chose them
+OPENBLAS_CORETYPE=Haswell "$BIN" bench "$T/c.ini" bench.steps=1 >"$T/o2" 2>&1
+grep -q "^blas: OpenBLAS, Haswell kernels (OPENBLAS_CORETYPE=Haswell in the environment" "$T/o2" &&
+    ok || { bad "bench blas line with OPENBLAS_CORETYPE:"; grep blas "$T/o2"; }
+env -u OPENBLAS_CORETYPE "$BIN" bench "$T/c.ini" bench.steps=1 >"$T/o2" 2>&1
+grep -q "^blas: OpenBLAS, [A-Za-z0-9]* kernels (its choice for this CPU)" "$T/o2" &&
+    ok || { bad "bench blas line without OPENBLAS_CORETYPE:"; grep blas "$T/o2"; }
 mfu=$(sed -n 's/^mfu: \([0-9.]*\)%.*/\1/p' "$T/o")
 if awk -v m="$mfu" 'BEGIN { exit !(m > 100) }'; then
     grep -q "^warning: mfu above 100%" "$T/o" && ok || bad "mfu $mfu% without a warning"

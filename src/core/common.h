@@ -52,3 +52,6 @@ void sm_fmt_duration(double s, char *buf, size_t n);
 // Formats an error message into err (if not NULL) and returns -1, for the
 // `return sm_fail(err, n, "...", ...)` style of recoverable errors.
 int sm_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+// Which BLAS kernels run and who chose them (blas.c), for `softmoe bench`.
+void sm_blas_describe(char *out, size_t n);

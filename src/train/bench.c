@@ -409,6 +409,9 @@ void bench_run(const Config *c) {
                    100.0 * tw / steps / (step + tw / steps), tw / steps);
     printf("model_gflops_per_s: %.1f (3 x %.3f GFLOP forward per image)\n", gflops, fwd / 1e9);
     print_precision(bf16, d, &g0, &gi);
+    char blas[256];
+    sm_blas_describe(blas, sizeof blas);
+    printf("blas: %s\n", blas);
     printf("sgemm_peak_gflops_per_s: %.1f (2048^3, best of %d measured between the steps; "
            "lowest %.1f)\n", peak32, steps + 2, peak_lo);
     if (peak16 > 0) printf("bf16_gemm_peak_gflops_per_s: %.1f (oneDNN, 2048^3, best of 3)\n", peak16);
