@@ -379,7 +379,23 @@ static int cmd_export(int argc, char **argv) {
     return 0;
 }
 
+// The environment variables that were test hooks before the [debug] keys
+// and bench.steps: set, they would now be ignored without a word.
+static void refuse_old_hooks(void) {
+    static const char *old[][2] = {
+        {"SOFTMOE_STOP_AT_STEP", "debug.stop_at_step"}, {"SOFTMOE_STOP_RANK", "debug.stop_rank"},
+        {"SOFTMOE_FAIL_AT_STEP", "debug.fail_at_step"}, {"SOFTMOE_FAIL_RANK", "debug.fail_rank"},
+        {"SOFTMOE_POISON_AT_STEP", "debug.poison_at_step"},
+        {"SOFTMOE_CRASH_BEFORE_RENAME", "debug.crash_before_rename"},
+        {"SOFTMOE_BENCH_STEPS", "bench.steps"}};
+    for (size_t i = 0; i < sizeof old / sizeof old[0]; i++)
+        if (getenv(old[i][0]))
+            sm_die("%s is no longer read: pass %s=%s as an override instead", old[i][0],
+                   old[i][1], getenv(old[i][0]));
+}
+
 static int run(int argc, char **argv) {
+    refuse_old_hooks();
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
         (!strcmp(argv[1], "help") && argc < 3)) {
         usage(argc < 2 ? stderr : stdout);

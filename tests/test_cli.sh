@@ -106,4 +106,11 @@ expect_fail "no usable sample" "no usable sample" "$BIN" train "$T/base.ini" dat
     "data.train=$T/sh/f-{000000..000000}.tar" "data.pp_train=resize(16)|value_range(-1,1)" \
     train.workdir="$T/w5"
 
+# the environment variables that were test hooks are refused, naming the key that replaced them
+SOFTMOE_BENCH_STEPS=3 "$BIN" bench configs/vit_s16.ini >"$T/out" 2>&1
+[ $? != 0 ] && grep -q "SOFTMOE_BENCH_STEPS is no longer read: pass bench.steps=3 as an override" "$T/out" &&
+    ok || { bad "an old hook variable"; cat "$T/out"; }
+SOFTMOE_STOP_AT_STEP=2 "$BIN" train "$T/base.ini" >"$T/out" 2>&1
+[ $? != 0 ] && grep -q "pass debug.stop_at_step=2 as an override" "$T/out" &&
+    ok || { bad "SOFTMOE_STOP_AT_STEP"; cat "$T/out"; }
 finish "cli"
