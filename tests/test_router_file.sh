@@ -17,8 +17,9 @@ sed -e 's/moe_router_identity/moe_router_mirror/' -e 's/\.name = "identity"/.nam
 grep -q '^const MoeRouter moe_router_mirror = {' "$T/repo/src/model/router_mirror.c" && ok ||
     bad "the copied router file does not define moe_router_mirror"
 # a plain build of the copy, whatever make this test runs under (the CI's
-# sanitizer pass sets BUILD and DEBUG through MAKEFLAGS)
-if env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS make -C "$T/repo" -j2 build/softmoe >"$T/build.log" 2>&1; then
+# sanitizer pass sets BUILD and DEBUG through MAKEFLAGS, and make exports
+# command-line variables to the environment too)
+if env -u MAKEFLAGS -u MAKELEVEL -u MFLAGS -u BUILD -u DEBUG make -C "$T/repo" -j2 build/softmoe >"$T/build.log" 2>&1; then
     ok
 else
     bad "the copy with router_mirror.c does not build"; tail -20 "$T/build.log"
