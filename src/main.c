@@ -292,32 +292,25 @@ static int cmd_eval(int argc, char **argv) {
     const char *src = argv[2];
     int from_ini = strlen(src) > 4 && !strcmp(src + strlen(src) - 4, ".ini");
     if (from_ini) check_config_path(src);
-    char err[1024], cfgpath[] = "/tmp/softmoe-eval-XXXXXX";
+    char err[1024];
     CkptInfo info = {0};
-    if (!from_ini) {
-        // the config stored in the checkpoint, read through the normal loader
+    Config c;
+    int rc;
+    if (from_ini) {
+        rc = config_load(&c, src, argc - 3, argv + 3, err, sizeof err);
+    } else {
+        // the config stored in the checkpoint, through the normal loader
         Vit probe;
         memset(&probe, 0, sizeof probe);
         if (ckpt_load(src, &probe.pt, NULL, NULL, NULL, &info, err, sizeof err) != 0) {
             fprintf(stderr, "softmoe: error: %s\n", err);
             return 1;
         }
-        int fd = mkstemp(cfgpath);
-        SM_CHECK(fd >= 0, "cannot create a temporary file for the checkpoint's config");
-        size_t len = strlen(info.config);
-        SM_CHECK(write(fd, info.config, len) == (ssize_t)len, "writing %s failed", cfgpath);
-        close(fd);
+        char name[CFG_PATH + 64];
+        snprintf(name, sizeof name, "checkpoint '%s', dataset /config", src);
+        rc = config_load_text(&c, name, info.config, argc - 3, argv + 3, err, sizeof err);
         ckpt_info_free(&info);  // loaded again below, with the parameters
         info = (CkptInfo){0};
-    }
-    Config c;
-    int rc = config_load(&c, from_ini ? src : cfgpath, argc - 3, argv + 3, err, sizeof err);
-    if (!from_ini) unlink(cfgpath);
-    if (rc != 0 && !from_ini && !strncmp(err, cfgpath, strlen(cfgpath))) {
-        // name the checkpoint's /config, not the temporary copy it was read from
-        char named[1400];
-        snprintf(named, sizeof named, "checkpoint '%s', dataset /config%s", src, err + strlen(cfgpath));
-        snprintf(err, sizeof err, "%.1000s", named);
     }
     if (rc != 0 || vit_check_config(&c, err, sizeof err) != 0) {
         fprintf(stderr, "softmoe: error: %s\n", err);

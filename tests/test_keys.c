@@ -144,6 +144,21 @@ START_TEST(test_lists_parsed_at_load) {
 }
 END_TEST
 
+// A config held in memory (a checkpoint's /config) loads like a file, its
+// errors named by the caller's name and the line.
+START_TEST(test_load_text) {
+    Config c;
+    char *ov[] = {"train.steps=7"};
+    ck_assert_msg(config_load_text(&c, "checkpoint 'x.h5', dataset /config",
+                                   "[model]\nwidth = 32\n", 1, ov, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(c.width, 32);
+    ck_assert_int_eq(c.steps, 7);
+    ck_assert_int_eq(config_load_text(&c, "checkpoint 'x.h5', dataset /config",
+                                      "[model]\nwidth = 32\nbogus = 1\n", 0, NULL, err, sizeof err), -1);
+    ASSERT_HAS(err, "checkpoint 'x.h5', dataset /config:3: unknown key 'model.bogus'");
+}
+END_TEST
+
 static Suite *keys_suite(void) {
     Suite *s = suite_create("keys");
     TCase *tc = tcase_create("keys");
@@ -153,6 +168,7 @@ static Suite *keys_suite(void) {
     tcase_add_test(tc, test_short_run_hint);
     tcase_add_test(tc, test_debug_keys_written_when_set);
     tcase_add_test(tc, test_lists_parsed_at_load);
+    tcase_add_test(tc, test_load_text);
     suite_add_tcase(s, tc);
     return s;
 }

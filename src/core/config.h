@@ -54,6 +54,10 @@ void config_defaults(Config *c);
 // cross-key constraints (e.g. width divisible by heads, image_size by patch).
 int config_load(Config *c, const char *path, int noverrides, char **overrides,
                 char *err, size_t errlen);
+// The same for INI text in memory (a checkpoint's /config), named `name` in
+// messages ("checkpoint 'x.h5', dataset /config" gives "...:3: unknown key").
+int config_load_text(Config *c, const char *name, const char *text, int noverrides,
+                     char **overrides, char *err, size_t errlen);
 
 // Applies a single "section.key=value"; origin names where it came from in
 // error messages (e.g. "command line"). Returns 0 or -1 with err filled.

@@ -210,6 +210,8 @@ static int on_key(void *user, const char *section, const char *key, const char *
     return handle_key(user, section, key, value) == 0;
 }
 
+static int parse_text(Loader *L, const char *path, char *real, const char *text, size_t len);
+
 static int load_file(Loader *L, const char *path, const char *from, int fromline) {
     if (L->depth == MAX_DEPTH)
         return loader_fail(L, from, fromline, "includes nested deeper than %d files", MAX_DEPTH);
@@ -229,13 +231,20 @@ static int load_file(Loader *L, const char *path, const char *from, int fromline
         if (from) return loader_fail(L, from, fromline, "cannot read included file '%s': %s", path, why);
         return loader_fail(L, path, 0, "cannot read config file: %s", why);
     }
+    int rc = parse_text(L, path, real, text, len);
+    free(text);
+    return rc;
+}
+
+// The INI text of `path` (real: its resolved name, taken over, for include
+// cycles) through inih, then what inih cannot report itself.
+static int parse_text(Loader *L, const char *path, char *real, const char *text, size_t len) {
     Source src = {.L = L, .path = path, .text = text, .len = len}, *outer = L->src;
     L->open[L->depth++] = real;
     L->src = &src;
     int ret = ini_parse_stream(read_line, &src, on_key, L);
     L->src = outer;
     free(L->open[--L->depth]);
-    free(text);
     if (L->failed) return -1;
     if (src.too_long)
         return loader_fail(L, path, src.too_long, "line longer than %d characters", MAX_LINE - 3);
@@ -447,13 +456,22 @@ static int check_modules(const Loader *L, const char *top, char *err, size_t err
     return 0;
 }
 
-int config_load(Config *c, const char *path, int noverrides, char **overrides,
+// config_load and config_load_text: a file by path, or INI text named
+// `name` in messages (text NULL: the file).
+static int load(Config *c, const char *path, const char *text, int noverrides, char **overrides,
                 char *err, size_t errlen) {
     config_defaults(c);
     Loader L = {.c = c, .err = err, .errlen = errlen};
     inih_setup();
     const char *top = path ? path : "command line";
-    int rc = path ? load_file(&L, path, NULL, 0) : 0;
+    int rc = 0;
+    if (text) {
+        char *name = strdup(path);
+        SM_CHECK(name, "out of memory loading '%s'", path);
+        rc = parse_text(&L, path, name, text, strlen(text));
+    } else if (path) {
+        rc = load_file(&L, path, NULL, 0);
+    }
     for (int i = 0; rc == 0 && i < noverrides; i++) rc = apply_override(&L, overrides[i]);
     if (rc == 0) {
         resolve_variant(&L);
@@ -463,4 +481,14 @@ int config_load(Config *c, const char *path, int noverrides, char **overrides,
     if (rc == 0) config_parse_lists(c);
     for (size_t i = 0; i < config_nkeys_n; i++) free(L.where[i]);
     return rc;
+}
+
+int config_load(Config *c, const char *path, int noverrides, char **overrides,
+                char *err, size_t errlen) {
+    return load(c, path, NULL, noverrides, overrides, err, errlen);
+}
+
+int config_load_text(Config *c, const char *name, const char *text, int noverrides,
+                     char **overrides, char *err, size_t errlen) {
+    return load(c, name, text, noverrides, overrides, err, errlen);
 }

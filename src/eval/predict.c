@@ -24,20 +24,11 @@ int predict_ckpt_config(const char *ckpt, int nover, char **over, Config *c, lon
     memset(&probe, 0, sizeof probe);
     CkptInfo info = {0};
     if (ckpt_load(ckpt, &probe.pt, NULL, NULL, NULL, &info, err, errlen) != 0) return -1;
-    char path[] = "/tmp/softmoe-predict-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0) {
-        ckpt_info_free(&info);
-        return sm_fail(err, errlen, "cannot create a temporary file: %s", strerror(errno));
-    }
-    size_t len = strlen(info.config);
-    int ok = write(fd, info.config, len) == (ssize_t)len;
-    close(fd);
+    char name[CFG_PATH + 64];
+    snprintf(name, sizeof name, "checkpoint '%s', dataset /config", ckpt);
     *step = info.step;
+    int rc = config_load_text(c, name, info.config, nover, over, err, errlen);
     ckpt_info_free(&info);
-    int rc = ok ? config_load(c, path, nover, over, err, errlen) : sm_fail(err, errlen,
-             "writing '%s' failed", path);
-    unlink(path);
     return rc == 0 ? vit_check_config(c, err, errlen) : -1;
 }
 
