@@ -148,11 +148,11 @@ END_TEST
 // errors named by the caller's name and the line.
 START_TEST(test_load_text) {
     Config c;
-    char *ov[] = {"train.steps=7"};
+    char *ov[] = {"train.steps=700"};
     ck_assert_msg(config_load_text(&c, "checkpoint 'x.h5', dataset /config",
                                    "[model]\nwidth = 32\n", 1, ov, err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(c.width, 32);
-    ck_assert_int_eq(c.steps, 7);
+    ck_assert_int_eq(c.steps, 700);
     ck_assert_int_eq(config_load_text(&c, "checkpoint 'x.h5', dataset /config",
                                       "[model]\nwidth = 32\nbogus = 1\n", 0, NULL, err, sizeof err), -1);
     ASSERT_HAS(err, "checkpoint 'x.h5', dataset /config:3: unknown key 'model.bogus'");
