@@ -203,7 +203,7 @@ START_TEST(test_clip_small) {
     float k[2] = {0.375f, 0.5f}; // norm 0.625 < 1: untouched
     ck_assert(clip_global_norm(k, 2, 1.0) == 0.625);
     ck_assert(k[0] == 0.375f && k[1] == 0.5f);
-    ck_assert(l2_norm(k, 0) == 0.0);
+    ck_assert(clip_l2_norm(k, 0) == 0.0);
 }
 END_TEST
 
@@ -213,7 +213,7 @@ START_TEST(test_clip_large) {
     size_t ones = 25u << 16, n = ones + 7;
     float *g = sm_malloc(n * sizeof *g);
     for (size_t i = 0; i < n; i++) g[i] = i < ones ? 1.0f / 256 : 0.0f;
-    ck_assert(l2_norm(g, n) == 5.0);
+    ck_assert(clip_l2_norm(g, n) == 5.0);
     ck_assert(clip_global_norm(g, n, 1.0) == 5.0);
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) bad += g[i] != (i < ones ? 0.2f / 256 : 0.0f);
@@ -419,7 +419,7 @@ START_TEST(test_fused_clip) {
     for (size_t i = 0; i < x.pt.total; i++) x.g[i] = y.g[i] = 3.0f * lcg_uniform(&s);
     double nx = clip_global_norm(x.g, x.pt.total, 1.0);
     adam_update(x.p, x.g, x.m, x.v, &x.pt, x.wd, 1e-3, 0.9, 0.999, 1e-8, 1, 1.0f);
-    double ny = l2_norm(y.g, y.pt.total);
+    double ny = clip_l2_norm(y.g, y.pt.total);
     ck_assert(nx == ny && nx > 1.0);
     adam_update(y.p, y.g, y.m, y.v, &y.pt, y.wd, 1e-3, 0.9, 0.999, 1e-8, 1, clip_factor(ny, 1.0));
     size_t bytes = x.pt.total * sizeof(float);

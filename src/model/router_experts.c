@@ -34,7 +34,7 @@ static void sift_down(GateKey *h, int n, int i) {
 static void route_group(GateActs *g, GateScratch *s, MoeDims d, int q) {
     const int E = d.E, nG = moe_groups(d);
     int t0, t1;
-    group_tokens(d, q, &t0, &t1);
+    gates_group_tokens(d, q, &t0, &t1);
     const int C = d.P < t1 - t0 ? d.P : t1 - t0;
     GateKey *h = s->order + t0;  // this group's share of the scratch (>= C entries)
     for (int e = 0; e < E; e++) {

@@ -59,7 +59,7 @@ GateScratch gate_scratch(float *p, MoeDims d) {
     return s;
 }
 
-void group_tokens(MoeDims d, int q, int *t0, int *t1) {
+void gates_group_tokens(MoeDims d, int q, int *t0, int *t1) {
     int b1 = (q + 1) * d.G < d.B ? (q + 1) * d.G : d.B;
     *t0 = q * d.G * d.N;
     *t1 = b1 * d.N;

@@ -50,7 +50,7 @@ GateScratch gate_scratch(float *p, MoeDims d);
 // The logits, noise, gates and clean gates of every token (see above).
 void gates_forward(GateActs *g, const float *y, const float *wr, MoeDims d, const MoeCtx *c);
 // Tokens [t0, t1) of group q: its images [q*G, min(B, (q+1)*G)).
-void group_tokens(MoeDims d, int q, int *t0, int *t1);
+void gates_group_tokens(MoeDims d, int q, int *t0, int *t1);
 
 // The combine half, shared: out (+)= scatter of ys with the gates as weights;
 // backward gives dys and d gates per row.

@@ -53,7 +53,7 @@ static double phi(double z) { return exp(-0.5 * z * z) / sqrt(2.0 * M_PI); }
 static void route_group(GateActs *g, GateScratch *s, MoeDims d, int q) {
     const int E = d.E, P = d.P, k = d.k, nG = moe_groups(d);
     int t0, t1;
-    group_tokens(d, q, &t0, &t1);
+    gates_group_tokens(d, q, &t0, &t1);
     GateKey *order = s->order + t0;
     int *fill = s->fill + (size_t)q * E;
     for (int t = t0; t < t1; t++) {
@@ -94,7 +94,7 @@ static void route_group(GateActs *g, GateScratch *s, MoeDims d, int q) {
 static void aux_group(const GateActs *g, GateScratch *s, MoeDims d, int q, double *l, int grad) {
     const int E = d.E, nG = moe_groups(d);
     int t0, t1;
-    group_tokens(d, q, &t0, &t1);
+    gates_group_tokens(d, q, &t0, &t1);
     double x[E], dx[E];
     for (int e = 0; e < E; e++) x[e] = 0;
     for (int t = t0; t < t1; t++)

@@ -37,9 +37,9 @@ static double sumsq(const float *x, size_t n) {
     return a[0];
 }
 
-double l2_norm(const float *x, size_t n) { return sqrt(l2_sumsq(x, n)); }
+double clip_l2_norm(const float *x, size_t n) { return sqrt(clip_l2_sumsq(x, n)); }
 
-double l2_sumsq(const float *x, size_t n) {
+double clip_l2_sumsq(const float *x, size_t n) {
     double part[NORM_CHUNKS];
     size_t chunk = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
 #pragma omp parallel for schedule(static) if (n >= NORM_PARALLEL_MIN)
@@ -59,7 +59,7 @@ float clip_factor(double norm, double max_norm) {
 }
 
 double clip_global_norm(float *grads, size_t n, double max_norm) {
-    double norm = l2_norm(grads, n);
+    double norm = clip_l2_norm(grads, n);
     if (max_norm > 0 && norm > max_norm) {
         float scale = clip_factor(norm, max_norm);
 #pragma omp parallel for schedule(static) if (n >= NORM_PARALLEL_MIN)

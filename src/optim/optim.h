@@ -42,9 +42,9 @@ void wd_per_tensor(const WdRule *rules, int n, const ParamTable *pt, float *out)
 // ---- clipping (clip.c) ----
 
 // L2 norm of x (n), accumulated in double.
-double l2_norm(const float *x, size_t n);
+double clip_l2_norm(const float *x, size_t n);
 // Its square (sum of squares in double), for norms over several pieces.
-double l2_sumsq(const float *x, size_t n);
+double clip_l2_sumsq(const float *x, size_t n);
 
 // Returns the global L2 norm of grads (n) before clipping; when max_norm > 0
 // and the norm exceeds it, scales grads in place so the norm is max_norm.

@@ -312,7 +312,7 @@ static void timed_step(Bench *b, const Config *c, int s, double *tf, double *tb,
         *tb += sm_now() - t1;
     }
     double t2 = sm_now();
-    double gnorm = l2_norm(b->m.grads, b->m.pt.total) / b->nmicro;
+    double gnorm = clip_l2_norm(b->m.grads, b->m.pt.total) / b->nmicro;
     optim_step(&b->opt, b->m.params, b->m.grads, &b->m.pt, c, sched_lr(c, s), s + 1,
                clip_factor(gnorm, c->clip) / (float)b->nmicro);
     *tu += sm_now() - t2;

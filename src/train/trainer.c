@@ -37,7 +37,7 @@ static void make_segments(Trainer *t) {
 double trainer_sumsq(const Trainer *t, const float *block) {
     double sq[2] = {0, 0};
     for (int i = 0; i < t->nseg; i++)
-        sq[t->seg[i].expert] += l2_sumsq(block + t->seg[i].off, t->seg[i].len);
+        sq[t->seg[i].expert] += clip_l2_sumsq(block + t->seg[i].off, t->seg[i].len);
     dist_sum_ep(&sq[1], 1);
     return sq[0] + sq[1];
 }
