@@ -415,9 +415,41 @@ def paper_throughput(path, outdir):
     save(fig, os.path.join(outdir, "throughput.png"))
 
 
+def paper_table(rows, outdir):
+    """results.md: the csv as a Markdown table (the README's), families in
+    the grid's order, widths ascending, then experts."""
+    order = {"dense": 0, "softmoe": 1, "tokens_choice": 2, "experts_choice": 3, "ablation": 4}
+
+    def key(r):
+        return (order.get(r["family"], 9), num(r, "width"), r["k"] or "", num(r, "experts"),
+                r["name"])
+
+    def cell(r, k, fmt):
+        v = num(r, k)
+        return "" if math.isnan(v) else fmt % v
+
+    head = ["run", "width", "experts", "rows per expert and group", "params", "GFLOP/img", "train GFLOP",
+            "core-s", "img/s", "test prec@1", "10-shot", "test loss", "dropped"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in sorted(rows, key=key):
+        rows_per = r["slots"] or r["capacity"]
+        lines.append("| " + " | ".join([
+            r["name"], r["width"], r["experts"] if r["experts"] != "0" else "",
+            rows_per, cell(r, "params", "%.0f"), cell(r, "gflops_per_image", "%.4f"),
+            cell(r, "train_gflop", "%.0f"), cell(r, "core_seconds", "%.0f"),
+            cell(r, "img_per_s", "%.0f"), cell(r, "test_prec1", "%.4f"),
+            cell(r, "fewshot_10shot", "%.4f"), cell(r, "test_loss", "%.4f"),
+            cell(r, "dropped", "%.3f")]) + " |")
+    out = os.path.join(outdir, "results.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(out)
+
+
 def cmd_paper(args):
     rows = read_results(args.results)
     outdir = args.outdir or os.path.dirname(os.path.abspath(args.results))
+    paper_table(rows, outdir)
     paper_pareto(rows, outdir)
     paper_ablations(rows, outdir)
     paper_dropping(rows, outdir)

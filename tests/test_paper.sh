@@ -38,6 +38,10 @@ PAPER_JOBS=x sh scripts/paper.sh >/dev/null 2>&1 && bad "PAPER_JOBS=x accepted" 
 
 if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
     /usr/bin/python3 scripts/plot.py paper "$csv" >"$T/plot" 2>&1 || { bad "plot.py paper"; cat "$T/plot"; }
+    # the Markdown table: a header, a separator and one line per run
+    [ "$(grep -c '^| ' "$PAPER_OUT/results.md" 2>/dev/null)" = 4 ] &&
+        grep -q '^| dense-w64 | 64 |' "$PAPER_OUT/results.md" && grep -q '^| tc1-w64-e16 | 64 | 16 |' "$PAPER_OUT/results.md" &&
+        ok || { bad "results.md"; cat "$PAPER_OUT/results.md"; }
     for png in pareto dropping; do
         [ -s "$PAPER_OUT/$png.png" ] && ok || bad "$png.png not written"
     done
