@@ -205,6 +205,11 @@ same_as() {  # ref dir name
     a="$(metric "$1" 20 loss) ${x:-0}"; b="$(metric "$2" 20 loss) ${y:-0}"
     echo "$a $b" | awk '{ d = $1 - $3; e = $2 - $4; exit !(NF == 4 && d < 1e-5 && d > -1e-5 && e < 1e-6 && e > -1e-6) }' \
         && ok || bad "$3: step-20 loss/aux '$b', 1 rank '$a'"
+    # the experts' load extremes are the global batch's, not per-rank figures
+    a="$(metric "$1" 20 moe/1/load_min) $(metric "$1" 20 moe/1/load_max)"
+    b="$(metric "$2" 20 moe/1/load_min) $(metric "$2" 20 moe/1/load_max)"
+    echo "$a $b" | awk '{ d = $1 - $3; e = $2 - $4; exit !(NF == 4 && $2 > 0 && d < 1e-4 && d > -1e-4 && e < 1e-4 && e > -1e-4) }' \
+        && ok || bad "$3: step-20 load min/max '$b', 1 rank '$a'"
 }
 for R in "tokens_choice moe.k=2 moe.group_size=2" "experts_choice moe.capacity_factor=1.5"; do
     set -- $R

@@ -50,7 +50,7 @@ size_t moe_rows(MoeDims d) { return (size_t)moe_groups(d) * d.P; }
 size_t moe_acts_floats(MoeDims d) {
     d = moe_dims_local(d);
     size_t xd = rnd((size_t)d.E * moe_rows(d) * d.D), xm = rnd((size_t)d.E * moe_rows(d) * d.M);
-    return (d.W > 1 ? 4 : 2) * xd + 2 * xm + rnd(d.router->acts_floats(d));
+    return (d.W > 1 ? 4 : 2) * xd + 2 * xm + rnd(d.router->acts_floats(d)) + rnd(d.E);
 }
 
 void moe_acts_carve(MoeActs *a, float *p, MoeDims d) {
@@ -66,6 +66,7 @@ void moe_acts_carve(MoeActs *a, float *p, MoeDims d) {
     }
     TAKE(h, xm); TAKE(hg, xm);
     TAKE(r, d.router->acts_floats(d));
+    TAKE(load, d.E);
 #undef TAKE
 }
 

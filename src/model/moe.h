@@ -92,6 +92,9 @@ typedef struct {
     float *r;                       // the router's own saved state (router->acts_floats)
     double aux;                     // auxiliary loss of the last forward (weighted)
     double metrics[MOE_NMETRICS];   // routing health of the last forward (router->metric_names)
+    float *load;                    // (E) each expert's load in the last forward: rows filled
+                                    // (routers that send tokens) or combine mass (soft); the
+                                    // trainer sums it over ranks for global load_min/load_max
 } MoeActs;
 
 // Shared by all MoE blocks of a model (backward and staging).

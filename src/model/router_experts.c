@@ -66,7 +66,7 @@ static void route_group(GateActs *g, GateScratch *s, MoeDims d, int q) {
 
 // Fraction of tokens taken by no expert and by at least two; load min/max
 // over the mean (rows filled per expert).
-static void ec_metrics(double *m, const GateActs *g, GateScratch *s, MoeDims d) {
+static void ec_metrics(double *m, float *load, const GateActs *g, GateScratch *s, MoeDims d) {
     const int T = d.B * d.N;
     const size_t R = moe_rows(d);
     int *cnt = (int *)s->dlogits;  // scratch: forward only
@@ -78,6 +78,7 @@ static void ec_metrics(double *m, const GateActs *g, GateScratch *s, MoeDims d) 
             int t = g->tok[(size_t)e * R + r];
             if (t >= 0) cnt[t]++, n++;
         }
+        load[e] = (float)n;
         filled += n;
         lmin = lmin < 0 || n < lmin ? n : lmin;
         lmax = n > lmax ? n : lmax;
@@ -101,7 +102,7 @@ static void ec_dispatch(MoeActs *a, MoeScratch *ms, const float *y, const MoeW *
     for (int q = 0; q < nG; q++) route_group(&g, &s, d, q);
     a->aux = 0;
     moe_gather(a->xs, g.tok, y, d);
-    ec_metrics(a->metrics, &g, &s, d);
+    ec_metrics(a->metrics, a->load, &g, &s, d);
 }
 
 static void ec_combine(float *out, const MoeActs *a, MoeScratch *s, MoeDims d, int acc) {

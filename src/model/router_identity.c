@@ -33,6 +33,7 @@ static void id_dispatch(MoeActs *a, MoeScratch *s, const float *y, const MoeW *w
     moe_gather(a->xs, tok, y, d);
     a->aux = 0;
     memset(a->metrics, 0, sizeof a->metrics);
+    for (int e = 0; e < d.E; e++) a->load[e] = (float)d.B * d.P;  // every slot filled
 }
 
 static void id_combine(float *out, const MoeActs *a, MoeScratch *s, MoeDims d, int acc) {

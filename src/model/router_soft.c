@@ -148,17 +148,17 @@ static void route_image(float *dw, float *cw, float *col, const float *raw, floa
 // Routing health: each token's largest combine weight and each slot's
 // largest dispatch weight (means), and each expert's combine mass (the sum of
 // its slots' combine weights over the tokens) min and max over the mean.
-static void soft_metrics(double *m, const SoftActs *sa, MoeDims d) {
+static void soft_metrics(double *m, float *load, const SoftActs *sa, MoeDims d) {
     const int S = d.E * d.P, N = d.N;
-    double cmax = 0, dmax = 0, load[1024] = {0};
-    const int El = d.E < 1024 ? d.E : 1024;
+    double cmax = 0, dmax = 0;
+    memset(load, 0, (size_t)d.E * sizeof(float));
     for (int b = 0; b < d.B; b++) {
         const float *cw = sa->cw + (size_t)b * N * S, *dw = sa->dw + (size_t)b * N * S;
         for (int n = 0; n < N; n++) {
             float mx = 0;
             for (int s = 0; s < S; s++) {
                 mx = fmaxf(mx, cw[(size_t)n * S + s]);
-                if (s / d.P < El) load[s / d.P] += cw[(size_t)n * S + s];
+                load[s / d.P] += cw[(size_t)n * S + s];
             }
             cmax += mx;
         }
@@ -169,12 +169,12 @@ static void soft_metrics(double *m, const SoftActs *sa, MoeDims d) {
         }
     }
     double lmin = 1e300, lmax = 0, lsum = 0;
-    for (int e = 0; e < El; e++)
+    for (int e = 0; e < d.E; e++)
         lmin = fmin(lmin, load[e]), lmax = fmax(lmax, load[e]), lsum += load[e];
     m[0] = cmax / ((double)d.B * N);
     m[1] = dmax / ((double)d.B * S);
-    m[2] = lmin / (lsum / El);
-    m[3] = lmax / (lsum / El);
+    m[2] = lmin / (lsum / d.E);
+    m[3] = lmax / (lsum / d.E);
 }
 
 static void soft_dispatch(MoeActs *a, MoeScratch *ms, const float *y, const MoeW *w, MoeDims d,
@@ -202,7 +202,7 @@ static void soft_dispatch(MoeActs *a, MoeScratch *ms, const float *y, const MoeW
     }
     to_experts(a->xs, s.sd0, d);
     a->aux = 0;
-    soft_metrics(a->metrics, &sa, d);
+    soft_metrics(a->metrics, a->load, &sa, d);
 }
 
 static void soft_combine(float *out, const MoeActs *a, MoeScratch *ms, MoeDims d,

@@ -131,7 +131,7 @@ static void aux_group(const GateActs *g, GateScratch *s, MoeDims d, int q, doubl
     }
 }
 
-static void tc_metrics(double *m, const GateActs *g, MoeDims d) {
+static void tc_metrics(double *m, float *load, const GateActs *g, MoeDims d) {
     const int T = d.B * d.N;
     const size_t R = moe_rows(d);
     long dropped = 0, filled = 0, lmin = -1, lmax = 0;
@@ -142,6 +142,7 @@ static void tc_metrics(double *m, const GateActs *g, MoeDims d) {
     for (int e = 0; e < d.E; e++) {
         long n = 0;
         for (size_t r = 0; r < R; r++) n += g->tok[(size_t)e * R + r] >= 0;
+        load[e] = (float)n;
         filled += n;
         lmin = lmin < 0 || n < lmin ? n : lmin;
         lmax = n > lmax ? n : lmax;
@@ -169,7 +170,7 @@ static void tc_dispatch(MoeActs *a, MoeScratch *ms, const float *y, const MoeW *
     }
     a->aux = (d.imp_w * imp + d.load_w * load) / nG;
     moe_gather(a->xs, g.tok, y, d);
-    tc_metrics(a->metrics, &g, d);
+    tc_metrics(a->metrics, a->load, &g, d);
     a->metrics[4] = imp / nG;
     a->metrics[5] = load / nG;
 }

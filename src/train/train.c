@@ -81,22 +81,45 @@ static double sync_grads(Trainer *t) {
 }
 
 // After each micro-step's forward: t->rm gathers the routing health of the
-// step as the mean over its micro-steps (overwritten on the first).
+// step as the mean over its micro-steps, t->load the experts' loads as their
+// sum (both overwritten on the first).
 static void add_router_metrics(Trainer *t, int micro) {
     const VitDims *d = &t->m.d;
-    for (int l = 0; l < d->L; l++)
+    for (int l = 0; l < d->L; l++) {
         for (int i = 0; i < MOE_NMETRICS; i++) {
             double v = d->is_moe[l] ? t->m.a.blk[l].moe.metrics[i] / t->nmicro : 0;
             t->rm[l * MOE_NMETRICS + i] = micro ? t->rm[l * MOE_NMETRICS + i] + v : v;
         }
+        for (int e = 0; d->is_moe[l] && e < d->E; e++) {
+            double *s = &t->load[(size_t)l * d->E + e];
+            *s = (micro ? *s : 0) + t->m.a.blk[l].moe.load[e];
+        }
+    }
 }
 
-// Routing health of the last step, per MoE block, averaged over the ranks
-// and micro-steps: rm[l*MOE_NMETRICS + i] is metric i of block l.
+// Routing health of the last step, per MoE block: rm[l*MOE_NMETRICS + i] is
+// metric i of block l, averaged over the ranks and micro-steps, except
+// load_min and load_max, which are the global batch's (the experts' loads
+// summed over ranks and micro-steps, min and max over their mean).
 static void router_metrics(Trainer *t, double *rm) {
     const VitDims *d = &t->m.d;
     for (int l = 0; l < d->L * MOE_NMETRICS; l++) rm[l] = t->rm[l] / t->world;
     dist_sum(rm, d->L * MOE_NMETRICS);
+    if (!d->n_moe) return;
+    if (t->world > 1) dist_sum(t->load, d->L * d->E);
+    for (int l = 0; l < d->L; l++) {
+        if (!d->is_moe[l]) continue;
+        const double *ld = t->load + (size_t)l * d->E;
+        double lo = ld[0], hi = ld[0], sum = 0;
+        for (int e = 0; e < d->E; e++) lo = fmin(lo, ld[e]), hi = fmax(hi, ld[e]), sum += ld[e];
+        const double mean = sum / d->E;
+        for (int i = 0; i < MOE_NMETRICS && d->router->metric_names[i]; i++) {
+            const char *name = d->router->metric_names[i];
+            double *v = &rm[l * MOE_NMETRICS + i];
+            if (!strcmp(name, "load_min")) *v = mean > 0 ? lo / mean : 0;
+            if (!strcmp(name, "load_max")) *v = mean > 0 ? hi / mean : 0;
+        }
+    }
 }
 
 // Forward and backward of micro-batch k of the step's batch; its gradients

@@ -143,6 +143,7 @@ void trainer_setup(Trainer *t, const Config *c, int quiet_arg) {
     t->images = sm_aligned((size_t)t->B * d->img * d->img * d->C * sizeof(float));
     t->targets = sm_aligned((size_t)t->B * d->K * sizeof(float));
     t->rm = sm_calloc((size_t)d->L * MOE_NMETRICS, sizeof(double));
+    t->load = sm_calloc((size_t)d->L * (d->E > 0 ? d->E : 1), sizeof(double));
     open_loader(t, c, quiet_arg);
 }
 
@@ -197,6 +198,6 @@ void trainer_free(Trainer *t) {
     if (t->lock_fd >= 0) close(t->lock_fd);  // releases the workdir lock
     vit_free(&t->m);
     optim_free(&t->opt);
-    free(t->seg), free(t->images), free(t->targets), free(t->rm);
+    free(t->seg), free(t->images), free(t->targets), free(t->rm), free(t->load);
     loader_close(t->ld);
 }

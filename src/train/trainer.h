@@ -25,6 +25,7 @@ typedef struct {
     int B;                       // images per step on this rank (global batch / W)
     int mb, nmicro;              // images per forward/backward (train.microbatch), B / mb
     double *rm;                  // (L, MOE_NMETRICS) router metrics, mean over micro-steps
+    double *load;                // (L, E) each expert's load, summed over micro-steps
     int rank, world;
     Seg *seg;                    // dense and expert runs of the block
     int nseg;
