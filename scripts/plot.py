@@ -417,11 +417,12 @@ def paper_throughput(path, outdir):
 
 def paper_table(rows, outdir):
     """results.md: the csv as a Markdown table (the README's), families in
-    the grid's order, widths ascending, then experts."""
+    the grid's order (Tokens Choice k=1 before k=2), widths ascending, then
+    experts."""
     order = {"dense": 0, "softmoe": 1, "tokens_choice": 2, "experts_choice": 3, "ablation": 4}
 
     def key(r):
-        return (order.get(r["family"], 9), num(r, "width"), r["k"] or "", num(r, "experts"),
+        return (order.get(r["family"], 9), r["k"] or "", num(r, "width"), num(r, "experts"),
                 r["name"])
 
     def cell(r, k, fmt):
