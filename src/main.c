@@ -329,7 +329,7 @@ static int cmd_eval(int argc, char **argv) {
     double p1, loss;
     if (eval_val(&m, &c, &p1, &loss, NULL)) {
         JsonLine j;
-        jsonl_begin(&j, stdout);
+        jsonl_begin(&j, stdout, "standard output");
         jsonl_int(&j, "step", step);
         jsonl_num(&j, "val/prec@1", p1, 6);
         jsonl_num(&j, "val/loss", loss, 6);

@@ -42,6 +42,21 @@ else
     [ "$nw" -gt 50 ] && [ "$nf" -ge 1 ] && ok || bad "counting writes: $nw writes, $nf fsyncs in ckpt-4"
 fi
 
+# A metrics line that cannot be written (a full disk: metrics.jsonl is
+# /dev/full; stdio's writes are libc-internal, out of the shim's reach) stops
+# the run at that step naming the file; the checkpoint before it stays, and
+# with the file writable again the run resumes to the same end. The first line
+# is logged at step 3, after ckpt-2.
+mkdir -p "$T/mfull" && ln -s /dev/full "$T/mfull/metrics.jsonl"
+run train.workdir="$T/mfull" train.log_every=3 >/dev/null 2>"$T/err"
+rc=$?
+[ "$rc" != 0 ] && [ "$rc" -lt 128 ] && grep -q "writing a line to '.*mfull/metrics.jsonl' failed: No space left" "$T/err" &&
+    ok || { bad "metrics.jsonl write failure: exit $rc"; cat "$T/err"; }
+rm -f "$T/mfull/metrics.jsonl"
+[ ! -e "$T/mfull/ckpt-00000004.h5" ] && [ -e "$T/mfull/ckpt-00000002.h5" ] && run train.workdir="$T/mfull" train.log_every=3 >/dev/null 2>"$T/err" &&
+    same "$T/mfull/ckpt-00000004.h5" "$T/straight/ckpt-00000004.h5" &&
+    ok || { bad "metrics.jsonl write failure: not stopped at once, or no resume"; ls "$T/mfull"; cat "$T/err"; }
+
 # inject OP N ERRNO [STICKY]: fail the Nth OP of the checkpoint files; check
 # exit code, message, the previous checkpoint, no temp file, and the resume.
 inject() {

@@ -1,10 +1,14 @@
 // The JSON-lines writer (see jsonl.h).
 #include "jsonl.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <string.h>
 
-void jsonl_begin(JsonLine *j, FILE *f) { *j = (JsonLine){f, 0}; }
+#include "common.h"
+
+void jsonl_begin(JsonLine *j, FILE *f, const char *name) { *j = (JsonLine){f, name, 0}; }
 
 static void key(JsonLine *j, const char *k) {
     fputs(j->n++ ? ", \"" : "{\"", j->f);
@@ -42,5 +46,6 @@ void jsonl_numf(JsonLine *j, int digits, double v, const char *fmt, ...) {
 void jsonl_end(JsonLine *j) {
     if (!j->f) return;
     fputs(j->n ? "}\n" : "{}\n", j->f);
-    fflush(j->f);
+    if (fflush(j->f) != 0 || ferror(j->f))
+        sm_die("writing a line to '%s' failed: %s", j->name, strerror(errno));
 }

@@ -242,7 +242,7 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
         for (int i = 0; i < ntr; i++) K = ytr[i] + 1 > K ? ytr[i] + 1 : K;
         for (int i = 0; i < nte; i++) K = yte[i] + 1 > K ? yte[i] + 1 : K;
         JsonLine j;
-        jsonl_begin(&j, out);
+        jsonl_begin(&j, out, out == stdout ? "standard output" : "metrics.jsonl");
         jsonl_int(&j, "step", step);
         for (int s = 0; s < nshots; s++) {
             double best_l2 = 0;

@@ -211,7 +211,7 @@ static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet
         evaluate(t, c, (int)n, prec1, loss);
     }
     JsonLine j;
-    jsonl_begin(&j, mf);
+    jsonl_begin(&j, mf, "metrics.jsonl");
     jsonl_int(&j, "step", step);
     jsonl_num(&j, "val/prec@1", *prec1, 6);
     jsonl_num(&j, "val/loss", *loss, 6);
@@ -239,7 +239,7 @@ static void write_metrics(const Loop *lp, const Trainer *t, long step, const Log
                           const double *rm) {
     const VitDims *d = &t->m.d;
     JsonLine j;
-    jsonl_begin(&j, lp->mf);
+    jsonl_begin(&j, lp->mf, lp->path);
     jsonl_int(&j, "step", step + 1);
     jsonl_num(&j, "loss", v->loss, 6);
     jsonl_num(&j, "lr", v->lr, 6);
