@@ -1,6 +1,7 @@
 // `make bench-gemm`: the products of a ViT-S/16 / Soft MoE S/16 step at
-// batch 8, one shape at a time: fp32 sgemm, the fp32 few-row expert kernels
-// (kernels.c, for up to 128 rows), and bf16 through gemm_run as the step runs
+// batch 8, one shape at a time: fp32 sgemm, oneDNN's fp32 matmul on the
+// operands in place, the fp32 few-row expert kernels (kernels.c, for up to
+// 128 rows), and bf16 through gemm_run as the step runs
 // it (operands converted to bf16, then oneDNN; or rounded inputs through
 // sgemm, the path without oneDNN), best of 20 calls each. Run with
 // OMP_NUM_THREADS=1 for the products the step runs one per thread (attention
@@ -66,23 +67,29 @@ int main(void) {
     gemm_info(&g);
     printf("bench-gemm: %d thread(s); bf16 via %s%s %s\n", omp_get_max_threads(),
            g.have_dnnl ? "oneDNN " : "rounded sgemm (no oneDNN)", g.version, g.isa);
-    printf("| product | shape (M,N,K) | sgemm ms | few-row ms | bf16 ms | impl | best fp32 / bf16 |\n");
-    printf("| --- | --- | --- | --- | --- | --- | --- |\n");
+    printf("| product | shape (M,N,K) | sgemm ms | oneDNN fp32 ms | few-row ms | fp32 rule | bf16 ms | impl | best fp32 / bf16 |\n");
+    printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (size_t i = 0; i < sizeof S / sizeof *S; i++) {
         const int *q = S[i].q;
-        double f = best_of(GEMM_FP32, 0, q, A, B, C, 20), b = best_of(GEMM_BF16, 0, q, A, B, C, 20);
+        double f = best_of(GEMM_FP32_BLAS, 0, q, A, B, C, 20), b = best_of(GEMM_BF16, 0, q, A, B, C, 20);
+        double fd = g.have_dnnl ? best_of(GEMM_FP32_DNNL, 0, q, A, B, C, 20) : 0;
+        const char *rule = gemm_fp32_dnnl_shape(q[0], q[1], q[2], q[3], q[4]) ? "oneDNN" : "sgemm";
         int few = !q[0] && q[2] <= 128;
-        double w = few ? best_of(GEMM_FP32, 1, q, A, B, C, 20) : 0;
+        double w = few ? best_of(GEMM_FP32_BLAS, 1, q, A, B, C, 20) : 0;
         GemmShape s;
         const char *impl = "";
         for (int k = 0; gemm_shape(k, &s) == 0; k++)
             if (s.M == q[2] && s.N == q[3] && s.K == q[4] && s.ta == q[0] && s.tb == q[1])
-                impl = s.sgemm ? "rounded sgemm" : s.impl;
+                if (!s.fp32) impl = s.sgemm ? "rounded sgemm" : s.impl;
         char fw[32] = "-";
         if (few) snprintf(fw, sizeof fw, "%.3f", w * 1e3);
-        printf("| %s | %c%c %d,%d,%d | %.3f | %s | %.3f | %s | %.2fx |\n", S[i].what, "NT"[q[0]],
-               "NT"[q[1]], q[2], q[3], q[4], f * 1e3, fw, b * 1e3, impl,
-               (few && w < f ? w : f) / b);
+        char fdn[32] = "-";
+        if (fd > 0) snprintf(fdn, sizeof fdn, "%.3f", fd * 1e3);
+        double bf = few && w < f ? w : f;
+        if (fd > 0 && fd < bf) bf = fd;
+        printf("| %s | %c%c %d,%d,%d | %.3f | %s | %s | %s | %.3f | %s | %.2fx |\n", S[i].what,
+               "NT"[q[0]], "NT"[q[1]], q[2], q[3], q[4], f * 1e3, fdn, fw, rule, b * 1e3, impl,
+               bf / b);
     }
     free(A); free(B); free(C);
     return 0;

@@ -68,9 +68,16 @@ else
     grep -q "^precision: bf16 (.*built without oneDNN.*, 0 later" "$T/b" \
         && grep -q "^mfu: .*(against the sgemm peak)" "$T/b" && ok || { bad "bench bf16 output"; cat "$T/b"; }
 fi
+grep -q "^precision: bf16 (oneDNN" "$T/b" && dnnl=1 || dnnl=0
 "$BIN" bench "$T/c.ini" bench.steps=2 >"$T/b" 2>&1 || { bad "bench fp32"; cat "$T/b"; }
 grep -q "^precision: fp32" "$T/b" && grep -q "^mfu: .*(against the sgemm peak)" "$T/b" \
     && ok || { bad "bench fp32 output"; cat "$T/b"; }
+# fp32 through oneDNN's matmul on an AVX-512 CPU (planned at build), else sgemm
+if [ "$dnnl" = 1 ] && grep -q avx512f /proc/cpuinfo; then
+    grep -q "^precision: fp32 (oneDNN.*, 0 later, 0 through sgemm)" "$T/b" && ok || { bad "bench fp32 path"; cat "$T/b"; }
+else
+    grep -q "^precision: fp32 (sgemm" "$T/b" && ok || { bad "bench fp32 path"; cat "$T/b"; }
+fi
 
 # eval and few-shot in both modes on the bf16 checkpoint: close, not equal
 "$BIN" shards synth "$T/syn/s" 80 40 >/dev/null 2>&1 || bad "shards synth"

@@ -17,6 +17,11 @@
 // oneDNN against the rounded-sgemm path (same bf16 inputs, both accumulating
 // in fp32): only the summation order differs, so the bound is the fp32 part
 // alone, 2 K 2^-24 (|A||B|)_ij.
+//
+// fp32 through oneDNN against fp32 through sgemm (the same fp32 inputs):
+// each result is within (K + 2) 2^-24 (|alpha||A||B| + |beta C0|)_ij of the
+// exact value (K-term summation, the alpha scale and the beta add), so the
+// two within twice that. A product through bf16 (error up to 2^-8) fails it.
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -116,8 +121,7 @@ static void check_shape(const Shape *s, int inside_parallel) {
     free(A); free(B); free(C0); free(c32); free(cbf); free(cref);
 }
 
-START_TEST(test_products) {
-    const Shape shapes[] = {
+static const Shape SHAPES[] = {
         {0, 0, 37, 45, 70, 70, 45, 45, 1.0f, 0.0f},     // dense forward
         {0, 0, 37, 45, 70, 70, 45, 45, 1.0f, 1.0f},     // dense forward onto a bias / residual
         {0, 1, 37, 70, 45, 45, 45, 70, 1.0f, 1.0f},     // dinp += dout @ w^T
@@ -127,11 +131,89 @@ START_TEST(test_products) {
         {1, 0, 29, 16, 29, 29, 48, 48, 1.0f, 1.0f},     // dv += a^T dout
         {0, 0, 8, 300, 33, 33, 300, 300, 1.0f, 0.0f},   // few rows (experts), wide output
         {0, 0, 1, 7, 400, 400, 7, 7, 1.0f, 0.0f},       // one row, long k (MAP query)
-    };
-    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-        check_shape(&shapes[i], 0);
-        check_shape(&shapes[i], 1);
+};
+#define NSHAPES (sizeof SHAPES / sizeof *SHAPES)
+
+START_TEST(test_products) {
+    for (size_t i = 0; i < NSHAPES; i++) {
+        check_shape(&SHAPES[i], 0);
+        check_shape(&SHAPES[i], 1);
     }
+}
+END_TEST
+
+// Runs s at prec in every thread of a parallel region; all must agree.
+static void run_threads(const Shape *s, int prec, const float *A, const float *B,
+                        const float *C0, float *C, size_t nc) {
+    int nt = omp_get_max_threads();
+    float *outs = sm_malloc(nc * 4 * (size_t)nt);
+    gemm_set_precision(prec);
+    #pragma omp parallel num_threads(nt)
+    {
+        float *o = outs + nc * (size_t)omp_get_thread_num();
+        memcpy(o, C0, nc * 4);
+        gemm_run(s->ta ? CblasTrans : CblasNoTrans, s->tb ? CblasTrans : CblasNoTrans, s->M,
+                 s->N, s->K, s->alpha, A, s->lda, B, s->ldb, s->beta, o, s->ldc);
+    }
+    gemm_set_precision(GEMM_FP32);
+    memcpy(C, outs, nc * 4);
+    for (int t = 1; t < nt; t++)
+        ck_assert_msg(!memcmp(outs, outs + nc * (size_t)t, nc * 4), "thread %d differs", t);
+    free(outs);
+}
+
+// fp32: oneDNN's matmul on the operands in place (strided head views, alpha,
+// beta) against sgemm, outside and inside a parallel region; GEMM_FP32 gives
+// bit for bit what its rule picks; a repeated call is bit-identical.
+START_TEST(test_fp32_paths) {
+    GemmInfo g1;
+    for (size_t i = 0; i < NSHAPES; i++) {
+        const Shape *s = &SHAPES[i];
+        size_t na = (size_t)(s->ta ? s->K : s->M) * s->lda, nb = (size_t)(s->tb ? s->N : s->K) * s->ldb;
+        size_t nc = (size_t)s->M * s->ldc;
+        float *A = sm_malloc(na * 4), *B = sm_malloc(nb * 4), *C0 = sm_malloc(nc * 4);
+        float *cb = sm_malloc(nc * 4), *cd = sm_malloc(nc * 4), *cd2 = sm_malloc(nc * 4);
+        float *cp = sm_malloc(nc * 4), *cdef = sm_malloc(nc * 4);
+        fill(A, na, 1 + s->M), fill(B, nb, 2 + s->N), fill(C0, nc, 3 + s->K);
+        run(s, GEMM_FP32_BLAS, A, B, C0, cb, nc);
+        run(s, GEMM_FP32_DNNL, A, B, C0, cd, nc);
+        run(s, GEMM_FP32_DNNL, A, B, C0, cd2, nc);
+        run_threads(s, GEMM_FP32_DNNL, A, B, C0, cp, nc);
+        run(s, GEMM_FP32, A, B, C0, cdef, nc);
+        int d = 0;
+        double e = worst(s, A, B, C0, cd, cb, 2 * (s->K + 2) * U_F32, &d);
+        double ep = worst(s, A, B, C0, cp, cb, 2 * (s->K + 2) * U_F32, &d);
+        int rule = gemm_fp32_dnnl_shape(s->ta, s->tb, s->M, s->N, s->K);
+        printf("fp32 %c%c M=%d N=%d K=%d: oneDNN/sgemm %.3f of bound (in parallel %.3f); "
+               "rule: %s\n", "NT"[s->ta], "NT"[s->tb], s->M, s->N, s->K, e, ep,
+               rule ? "oneDNN" : "sgemm");
+        ck_assert_msg(e <= 1.0 && ep <= 1.0, "fp32 oneDNN beyond the fp32 bound (%.3f, %.3f)", e, ep);
+        ck_assert_msg(!memcmp(cd, cd2, nc * 4), "oneDNN fp32 not repeatable");
+        ck_assert_msg(!memcmp(cdef, rule ? cd : cb, nc * 4), "GEMM_FP32 did not follow its rule");
+        free(A); free(B); free(C0); free(cb); free(cd); free(cd2); free(cp); free(cdef);
+    }
+    gemm_info(&g1);
+    // (earlier tests of this process planned some of these shapes already)
+    printf("fp32 plans: %d, of which oneDNN %d\n", g1.fp32_plans, g1.fp32_dnnl_plans);
+    ck_assert_int_ge(g1.fp32_plans, (int)NSHAPES);
+    if (g1.have_dnnl) ck_assert_int_ge(g1.fp32_dnnl_plans, (int)NSHAPES);
+}
+END_TEST
+
+// The fp32 bound can fail: a bf16 product breaks it on the same data.
+START_TEST(test_fp32_bound_can_fail) {
+    const Shape *s = &SHAPES[0];
+    size_t na = (size_t)s->M * s->lda, nb = (size_t)s->K * s->ldb, nc = (size_t)s->M * s->ldc;
+    float *A = sm_malloc(na * 4), *B = sm_malloc(nb * 4), *C0 = sm_calloc(nc, 4);
+    float *cb = sm_malloc(nc * 4), *c16 = sm_malloc(nc * 4);
+    fill(A, na, 8), fill(B, nb, 9);
+    run(s, GEMM_FP32_BLAS, A, B, C0, cb, nc);
+    run(s, GEMM_BF16_REF, A, B, C0, c16, nc);
+    int d = 0;
+    double e = worst(s, A, B, C0, c16, cb, 2 * (s->K + 2) * U_F32, &d);
+    printf("bf16 against the fp32 bound: %.1f of it\n", e);
+    ck_assert_double_gt(e, 1.0);
+    free(A); free(B); free(C0); free(cb); free(c16);
 }
 END_TEST
 
@@ -254,6 +336,8 @@ static Suite *gemm_suite(void) {
     tcase_add_test(t, test_bound_can_fail);
     tcase_add_test(t, test_kernels);
     tcase_add_test(t, test_planning);
+    tcase_add_test(t, test_fp32_paths);
+    tcase_add_test(t, test_fp32_bound_can_fail);
     suite_add_tcase(s, t);
     return s;
 }

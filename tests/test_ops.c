@@ -11,6 +11,8 @@
 
 #include "gradcheck.h"
 #include "core/rng.h"
+#include "model/gemm.h"
+#undef I  // complex.h (through cblas.h); the tests name a dimension I
 #include "model/layers.h"
 #include "testutil.h"
 
@@ -290,9 +292,16 @@ START_TEST(test_fewrow) {
     const int shapes[][3] = {{1, 7, 5},    {5, 48, 48},   {8, 64, 96},   {12, 65, 97},
                              {17, 130, 50}, {32, 96, 384}, {33, 200, 49}, {64, 31, 130},
                              {128, 40, 60}, {129, 40, 60}, {200, 70, 33}};
-    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
-        for (int acc = 0; acc < 2; acc++)
-            check_fewrow(shapes[i][0], shapes[i][1], shapes[i][2], acc, acc == 0);
+    // GEMM_FP32_BLAS: the hand-written kernels; GEMM_FP32: what the step
+    // runs (oneDNN's fp32 matmul where its rule picks it, gemm.h)
+    const int precs[2] = {GEMM_FP32_BLAS, GEMM_FP32};
+    for (int p = 0; p < 2; p++) {
+        gemm_set_precision(precs[p]);
+        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+            for (int acc = 0; acc < 2; acc++)
+                check_fewrow(shapes[i][0], shapes[i][1], shapes[i][2], acc, acc == 0);
+    }
+    gemm_set_precision(GEMM_FP32);
 }
 END_TEST
 

@@ -8,6 +8,8 @@
 // faster than the only other way to these numerics (rounded inputs through
 // sgemm) for every product shape of the S/16 models (table in the README),
 // so there is no per-shape switch and no hand-written bf16 kernel.
+// fp32 products chosen by gemm_fp32_dnnl_shape() run as oneDNN fp32 matmuls
+// straight on the caller's operands and strides (no staging, no conversion).
 #include "gemm.h"
 
 #include <omp.h>
@@ -32,6 +34,7 @@
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldc, ref;
     float alpha, beta;
+    int f32;                             // fp32 operands in place (no staging)
 } Key;
 
 typedef struct {
@@ -70,9 +73,8 @@ static struct {
     do {                                                                                  \
         dnnl_status_t st_ = (call);                                                       \
         if (st_ != dnnl_success)                                                          \
-            sm_die("oneDNN: %s failed (status %d) for the bf16 product M=%d N=%d K=%d; "  \
-                   "train.precision=fp32 avoids oneDNN",                                  \
-                   #call, (int)st_, (k)->M, (k)->N, (k)->K);                              \
+            sm_die("oneDNN: %s failed (status %d) for the %s product M=%d N=%d K=%d",     \
+                   #call, (int)st_, (k)->f32 ? "fp32" : "bf16", (k)->M, (k)->N, (k)->K);  \
     } while (0)
 #endif
 
@@ -152,7 +154,7 @@ static void init_once(void) {
 static int key_eq(const Key *a, const Key *b) {
     return a->ta == b->ta && a->tb == b->tb && a->M == b->M && a->N == b->N && a->K == b->K &&
            a->lda == b->lda && a->ldb == b->ldb && a->ldc == b->ldc && a->ref == b->ref &&
-           a->alpha == b->alpha && a->beta == b->beta;
+           a->alpha == b->alpha && a->beta == b->beta && a->f32 == b->f32;
 }
 
 static void grow(void **p, size_t *cap, size_t need) {
@@ -164,6 +166,11 @@ static void grow(void **p, size_t *cap, size_t need) {
 
 // Bytes of staging a plan needs per thread (A, B, scratchpad).
 static void stage_need(const Plan *p, size_t *a, size_t *b, size_t *s) {
+    if (p->k.f32) {                      // operands used in place
+        *a = *b = 64;
+        *s = p->scratch + 64;
+        return;
+    }
     size_t elt = p->sgemm ? sizeof(float) : sizeof(uint16_t);
     *a = (size_t)p->k.M * p->k.K * elt + 64;
     *b = (size_t)p->k.K * p->k.N * elt + 64;
@@ -177,16 +184,24 @@ static void dims_md(dnnl_memory_desc_t *md, int rows, int cols, long rs, long cs
     DNNL_OK(dnnl_memory_desc_init_by_strides(md, 2, dims, dt, strides), k);
 }
 
-// Returns 0, or -1 when oneDNN has no bf16 matmul for this CPU (before
-// AVX512: then the plan takes the rounded-sgemm path).
+// Returns 0, or -1 when oneDNN has no matmul for this CPU and shape (bf16
+// before AVX512: then the plan takes the rounded-sgemm path; fp32: sgemm).
 static int create_primitive(Plan *p) {
     const Key *k = &p->k;
     dnnl_memory_desc_t src, wei, dst;
-    // A and B staged contiguous in their given orientation; C in place.
-    if (k->ta) dims_md(&src, k->M, k->K, 1, k->M, dnnl_bf16, k);
-    else dims_md(&src, k->M, k->K, k->K, 1, dnnl_bf16, k);
-    if (k->tb) dims_md(&wei, k->K, k->N, 1, k->K, dnnl_bf16, k);
-    else dims_md(&wei, k->K, k->N, k->N, 1, dnnl_bf16, k);
+    if (k->f32) {
+        // fp32: A and B in place with the caller's row strides
+        if (k->ta) dims_md(&src, k->M, k->K, 1, k->lda, dnnl_f32, k);
+        else dims_md(&src, k->M, k->K, k->lda, 1, dnnl_f32, k);
+        if (k->tb) dims_md(&wei, k->K, k->N, 1, k->ldb, dnnl_f32, k);
+        else dims_md(&wei, k->K, k->N, k->ldb, 1, dnnl_f32, k);
+    } else {
+        // bf16: A and B staged contiguous in their given orientation
+        if (k->ta) dims_md(&src, k->M, k->K, 1, k->M, dnnl_bf16, k);
+        else dims_md(&src, k->M, k->K, k->K, 1, dnnl_bf16, k);
+        if (k->tb) dims_md(&wei, k->K, k->N, 1, k->K, dnnl_bf16, k);
+        else dims_md(&wei, k->K, k->N, k->N, 1, dnnl_bf16, k);
+    }
     dims_md(&dst, k->M, k->N, k->ldc, 1, dnnl_f32, k);
     dnnl_matmul_desc_t desc;
     DNNL_OK(dnnl_matmul_desc_init(&desc, &src, &wei, NULL, &dst), k);
@@ -266,18 +281,42 @@ static Plan *plan_for(const Key *k) {
 
 // ---------------------------------------------------------------- products
 
+// oneDNN's fp32 matmul is used only where its AVX-512 kernels run (on an AVX2
+// CPU OpenBLAS's own kernels are the better-tested choice).
+static int dnnl_avx512(void) {
+#ifdef SM_DNNL
+    static int have = -1;
+    if (have < 0) {
+        dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+        int h = ((unsigned)isa & (unsigned)dnnl_cpu_isa_avx512_core) == (unsigned)dnnl_cpu_isa_avx512_core;
+        __atomic_store_n(&have, h, __ATOMIC_RELEASE);
+    }
+    return __atomic_load_n(&have, __ATOMIC_ACQUIRE);
+#else
+    return 0;
+#endif
+}
+
+int gemm_fp32_dnnl_shape(int ta, int tb, int M, int N, int K) {
+    (void)ta, (void)tb, (void)M, (void)N, (void)K;
+    return dnnl_avx512();
+}
+
 void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    if (G.precision == GEMM_FP32 || M <= 0 || N <= 0 || K <= 0) {
+    const int prec = G.precision;
+    const int f32 = gemm_is_fp32(prec);
+    if (M <= 0 || N <= 0 || K <= 0 || prec == GEMM_FP32_BLAS ||
+        (prec == GEMM_FP32 && !gemm_fp32_dnnl_shape(ta == CblasTrans, tb == CblasTrans, M, N, K))) {
         if (!G.planning)
             cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    int ref = G.precision == GEMM_BF16_REF;
+    int ref = prec == GEMM_BF16_REF;
 #ifndef SM_DNNL
     ref = 1;
 #endif
-    const Key k = {ta == CblasTrans, tb == CblasTrans, M, N, K, lda, ldb, ldc, ref, alpha, beta};
+    const Key k = {ta == CblasTrans, tb == CblasTrans, M, N, K, lda, ldb, ldc, ref, alpha, beta, f32};
     Plan *p = plan_for(&k);
     const int inpar = omp_in_parallel();
     if (G.planning) return;
@@ -294,6 +333,10 @@ void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float
     }
     // A as stored: (M,K) or, transposed, (K,M); B (K,N) or (N,K).
     const int ar = k.ta ? K : M, ac = k.ta ? M : K, br = k.tb ? N : K, bc = k.tb ? K : N;
+    if (p->sgemm && f32) {
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     if (p->sgemm) {
         rows_round(st->a, A, ar, ac, lda, !inpar);
         rows_round(st->b, B, br, bc, ldb, !inpar);
@@ -301,12 +344,14 @@ void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float
         return;
     }
 #ifdef SM_DNNL
-    rows_to_bf16(st->a, A, ar, ac, lda, !inpar);
-    rows_to_bf16(st->b, B, br, bc, ldb, !inpar);
+    if (!f32) {
+        rows_to_bf16(st->a, A, ar, ac, lda, !inpar);
+        rows_to_bf16(st->b, B, br, bc, ldb, !inpar);
+    }
     const int t = inpar ? omp_get_thread_num() : 0;
     dnnl_memory_t *mem = p->mem[t];
-    DNNL_OK(dnnl_memory_set_data_handle(mem[0], st->a), &k);
-    DNNL_OK(dnnl_memory_set_data_handle(mem[1], st->b), &k);
+    DNNL_OK(dnnl_memory_set_data_handle(mem[0], f32 ? (void *)A : st->a), &k);
+    DNNL_OK(dnnl_memory_set_data_handle(mem[1], f32 ? (void *)B : st->b), &k);
     DNNL_OK(dnnl_memory_set_data_handle(mem[2], C), &k);
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
                                {DNNL_ARG_DST, mem[2]}, {DNNL_ARG_SCRATCHPAD, mem[3]}};
@@ -340,7 +385,7 @@ int gemm_shape(int i, GemmShape *s) {
     s->ta = p->k.ta, s->tb = p->k.tb, s->M = p->k.M, s->N = p->k.N, s->K = p->k.K;
     s->lda = p->k.lda, s->ldb = p->k.ldb, s->ldc = p->k.ldc;
     s->alpha = p->k.alpha, s->beta = p->k.beta;
-    s->calls = p->calls, s->in_parallel = p->in_parallel, s->sgemm = p->sgemm;
+    s->calls = p->calls, s->in_parallel = p->in_parallel, s->sgemm = p->sgemm, s->fp32 = p->k.f32;
 #ifdef SM_DNNL
     impl_of(p, s->impl, sizeof s->impl);
 #endif
@@ -356,7 +401,7 @@ double gemm_bf16_peak(int n, int reps) {
     int save = G.precision;
     int saveplan = G.planning;
     G.precision = GEMM_BF16, G.planning = 1;  // not a late plan: no step is running
-    const Key k = {0, 0, n, n, n, n, n, n, 0, 1.0f, 0.0f};
+    const Key k = {0, 0, n, n, n, n, n, n, 0, 1.0f, 0.0f, 0};
     Plan *p = plan_for(&k);
     G.precision = save, G.planning = saveplan;
     if (p->sgemm) return 0;
@@ -397,7 +442,12 @@ void gemm_info(GemmInfo *g) {
     memset(g, 0, sizeof *g);
     g->plans = __atomic_load_n(&G.nplans, __ATOMIC_ACQUIRE);
     g->late_plans = G.late;
-    for (int i = 0; i < g->plans; i++) g->sgemm_plans += G.plans[i]->sgemm;
+    for (int i = 0; i < g->plans; i++) {
+        const Plan *p = G.plans[i];
+        g->sgemm_plans += p->sgemm && !p->k.f32;
+        g->fp32_plans += p->k.f32;
+        g->fp32_dnnl_plans += p->k.f32 && !p->sgemm;
+    }
 #ifdef SM_DNNL
     g->have_dnnl = 1;
     const dnnl_version_t *v = dnnl_version();

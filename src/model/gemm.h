@@ -3,7 +3,13 @@
 // the Soft MoE logits, dispatch and combine, the heads, and every backward
 // product), so that train.precision switches all of them at once.
 //
-//   fp32  cblas_sgemm (and the few-row expert kernels), the numerics as before.
+//   fp32  fp32 inputs and accumulation. With oneDNN on an AVX-512 CPU the
+//         products whose rule gemm_fp32_dnnl_shape() gives (measured per shape
+//         with `make bench-gemm`, table in the README) run as oneDNN fp32
+//         matmul primitives on the operands in place; the others, and every
+//         product without oneDNN, are cblas_sgemm (and the few-row expert
+//         kernels). The choice is by shape only, never by timing, so a run's
+//         numbers do not depend on the machine's load.
 //   bf16  inputs rounded to bfloat16 (8-bit mantissa, round to nearest even),
 //         products accumulated in fp32, fp32 output: a TPU's default matmul
 //         precision. With oneDNN (libdnnl) the product is its bf16 matmul
@@ -27,7 +33,17 @@ enum {
     GEMM_FP32 = 0,
     GEMM_BF16 = 1,      // oneDNN when built with it, else the rounded-sgemm path
     GEMM_BF16_REF = 2,  // always the rounded-sgemm path (tests compare the two)
+    GEMM_FP32_BLAS = 3, // fp32, always cblas_sgemm      } tests and bench-gemm
+    GEMM_FP32_DNNL = 4, // fp32, oneDNN for every shape  } compare the paths
 };
+
+// Nonzero for the fp32 precisions.
+static inline int gemm_is_fp32(int precision) {
+    return precision == GEMM_FP32 || precision == GEMM_FP32_BLAS || precision == GEMM_FP32_DNNL;
+}
+// Nonzero when an fp32 product of this shape goes to oneDNN (built with it,
+// an AVX-512 CPU, and the shape's rule).
+int gemm_fp32_dnnl_shape(int ta, int tb, int M, int N, int K);
 
 // Sets the precision of every following gemm_run (process-wide).
 void gemm_set_precision(int precision);
@@ -52,8 +68,10 @@ typedef struct {
     char version[32];         // oneDNN version
     int plans;                // shapes planned so far
     int late_plans;           // of which created outside a planning pass
-    int sgemm_plans;          // of which run as rounded inputs through sgemm (no oneDNN
-                              // bf16 matmul for this CPU, or GEMM_BF16_REF)
+    int sgemm_plans;          // bf16 plans run as rounded inputs through sgemm (no
+                              // oneDNN bf16 matmul for this CPU, or GEMM_BF16_REF)
+    int fp32_plans;           // fp32 products planned for oneDNN
+    int fp32_dnnl_plans;      // of which oneDNN implements (the rest run as sgemm)
     char impls[256];          // distinct oneDNN implementations chosen, e.g. "brg:avx512_core_bf16"
 } GemmInfo;
 void gemm_info(GemmInfo *info);
@@ -65,7 +83,8 @@ typedef struct {
     float alpha, beta;
     long calls;
     int in_parallel;          // last called inside a parallel region (one thread each)
-    int sgemm;                // rounded inputs through sgemm
+    int sgemm;                // through sgemm (bf16: rounded inputs)
+    int fp32;                 // an fp32 product (oneDNN fp32 matmul unless sgemm)
     char impl[64];            // oneDNN implementation
 } GemmShape;
 int gemm_shape(int i, GemmShape *s);

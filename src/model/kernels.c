@@ -226,13 +226,19 @@ static void nt_avx512(float *dx, const float *dy, const float *w, int R, int K, 
 // These kernels are fp32 only: with train.precision = bf16 the expert
 // products go through gemm_run (oneDNN) like every other product. They beat
 // oneDNN's bf16 only at 8 rows (make bench-gemm), and there in fp32, which
-// bf16 mode must not use.
-static int fewrow_ok(int R) { return R <= FEWROW_MAX && gemm_precision() == GEMM_FP32; }
+// bf16 mode must not use. In fp32, oneDNN's fp32 matmul beat them at 8 and
+// 32 rows too (make bench-gemm), so they run only where the fp32 rule keeps
+// sgemm (no oneDNN, no AVX-512) or when the sgemm path is forced.
+static int fewrow_ok(int R, int ta, int tb, int N, int K) {
+    const int p = gemm_precision();
+    return R <= FEWROW_MAX &&
+           (p == GEMM_FP32_BLAS || (p == GEMM_FP32 && !gemm_fp32_dnnl_shape(ta, tb, R, N, K)));
+}
 
 void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R, int K,
                int N, int accumulate) {
 #ifdef __AVX512F__
-    if (fewrow_ok(R)) {
+    if (fewrow_ok(R, 0, 0, N, K)) {
         nn_avx512(out, x, w, b, R, K, N, accumulate);
         return;
     }
@@ -243,7 +249,7 @@ void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R
 void fewrow_nt(float *dx, const float *dy, const float *w, int R, int K, int N,
                int accumulate) {
 #ifdef __AVX512F__
-    if (fewrow_ok(R)) {
+    if (fewrow_ok(R, 0, 1, K, N)) {
         nt_avx512(dx, dy, w, R, K, N, accumulate);
         return;
     }

@@ -404,7 +404,7 @@ void vit_alloc(Vit *m, int B) {
         m->posemb_fixed = sm_malloc((size_t)m->d.Np * m->d.D * sizeof(float));
         posemb_sincos2d(m->posemb_fixed, m->d.G, m->d.D);
     }
-    if (m->precision != GEMM_FP32) plan_gemms(m, B);
+    plan_gemms(m, B);
 }
 
 void vit_free(Vit *m) {

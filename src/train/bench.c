@@ -187,8 +187,8 @@ static double time_shape(const GemmShape *s, int prec, int few, const float *A, 
 }
 
 // Every product shape of one bf16 training step (planned at build, calls
-// counted over one step): ms per step in fp32 (sgemm, or the few-row kernels
-// where the fp32 step uses them) and in bf16 (as the step runs it: operands
+// counted over one step): ms per step in fp32 (the best of sgemm, oneDNN's
+// fp32 matmul and, for the experts, the few-row kernels) and in bf16 (as the step runs it: operands
 // converted, then oneDNN), for the README's comparison.
 static void bench_shapes(void) {
     GemmShape s;
@@ -205,19 +205,22 @@ static void bench_shapes(void) {
     double t32 = 0, tbf = 0;
     printf("products of one step (ms per step; x = fp32 / bf16):\n");
     for (int i = 0; gemm_shape(i, &s) == 0; i++) {
-        if (s.calls == 0) continue;
+        if (s.calls == 0 || s.fp32) continue;  // fp32 plans: made by this timing
         // the fp32 step's expert products: few-row kernels (kernels.c)
         int few = s.in_parallel && s.M <= 128 && !s.ta && s.alpha == 1.0f &&
                   s.lda == (s.tb ? s.N : s.K) && s.ldb == (s.tb ? s.K : s.N) && s.ldc == s.N &&
                   (s.tb ? s.beta == 0.0f : 1);
-        double f = time_shape(&s, GEMM_FP32, 0, A, B, C, nc, 3) * s.calls;
-        double fw = few ? time_shape(&s, GEMM_FP32, 1, A, B, C, nc, 3) * s.calls : 1e30;
+        double fs = time_shape(&s, GEMM_FP32_BLAS, 0, A, B, C, nc, 3) * s.calls;
+        double fd = time_shape(&s, GEMM_FP32_DNNL, 0, A, B, C, nc, 3) * s.calls;
+        double f = fd < fs ? fd : fs;
+        double fw = few ? time_shape(&s, GEMM_FP32_BLAS, 1, A, B, C, nc, 3) * s.calls : 1e30;
         double b = time_shape(&s, GEMM_BF16, 0, A, B, C, nc, 3) * s.calls;
         double best32 = fw < f ? fw : f;
         t32 += best32, tbf += b;
-        printf("  %c%c M=%-5d N=%-5d K=%-5d x%-4ld%s sgemm %7.2f%s bf16 %7.2f  x%.2f  %s\n",
-               "NT"[s.ta], "NT"[s.tb], s.M, s.N, s.K, s.calls, s.in_parallel ? " (per thread)" : "",
-               f * 1e3, few ? "" : "", b * 1e3, best32 / b, s.sgemm ? "rounded sgemm" : s.impl);
+        printf("  %c%c M=%-5d N=%-5d K=%-5d x%-4ld%s sgemm %7.2f oneDNN fp32 %7.2f bf16 %7.2f  "
+               "x%.2f  %s\n", "NT"[s.ta], "NT"[s.tb], s.M, s.N, s.K, s.calls,
+               s.in_parallel ? " (per thread)" : "", fs * 1e3, fd * 1e3, b * 1e3, best32 / b,
+               s.sgemm ? "rounded sgemm" : s.impl);
         if (few) printf("      few-row fp32 kernel %7.2f\n", fw * 1e3);
     }
     printf("products total: fp32 %.1f ms, bf16 %.1f ms per step (x%.2f)\n", t32 * 1e3, tbf * 1e3,
@@ -357,7 +360,11 @@ static void time_steps(Bench *b, const Config *c, int warm, Times *tm) {
 
 // Which products the step ran in which precision; g0 before the first step.
 static void print_precision(int bf16, const VitDims *d, const GemmInfo *g0, const GemmInfo *gi) {
-    if (!bf16)
+    if (!bf16 && gi->fp32_dnnl_plans > 0)
+        printf("precision: fp32 (oneDNN %s fp32 matmul, isa %s: %s; %d product shapes planned at "
+               "build, %d later, %d through sgemm)\n", gi->version, gi->isa, gi->impls, g0->plans,
+               gi->late_plans, gi->fp32_plans - gi->fp32_dnnl_plans);
+    else if (!bf16)
         printf("precision: fp32 (sgemm%s)\n", d->n_moe ? ", few-row AVX-512 kernels for the experts" : "");
     else if (gi->have_dnnl && gi->sgemm_plans < gi->plans)
         printf("precision: bf16 (oneDNN %s, isa %s: %s; %d product shapes planned at build, %d "
