@@ -78,6 +78,9 @@ if [ "$dnnl" = 1 ] && grep -q avx512f /proc/cpuinfo; then
 else
     grep -q "^precision: fp32 (sgemm" "$T/b" && ok || { bad "bench fp32 path"; cat "$T/b"; }
 fi
+# debug.fp32_sgemm = true forces sgemm (the A/B switch of the two fp32 paths)
+"$BIN" bench "$T/c.ini" bench.steps=2 debug.fp32_sgemm=true >"$T/b" 2>&1 &&
+    grep -q "^precision: fp32 (sgemm" "$T/b" && ok || { bad "bench debug.fp32_sgemm"; cat "$T/b"; }
 
 # eval and few-shot in both modes on the bf16 checkpoint: close, not equal
 "$BIN" shards synth "$T/syn/s" 80 40 >/dev/null 2>&1 || bad "shards synth"

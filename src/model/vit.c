@@ -190,6 +190,7 @@ void vit_build_group(Vit *m, const Config *c, const MoeGroup *g) {
     d->qk_norm = c->qk_norm;
     d->loss = !strcmp(c->loss, "sigmoid_xent") ? LOSS_SIGMOID_XENT : LOSS_SOFTMAX_XENT;
     m->precision = gemm_precision_from_name(c->precision);
+    if (m->precision == GEMM_FP32 && c->debug_fp32_sgemm) m->precision = GEMM_FP32_BLAS;
     if (c->experts > 0) {
         d->E = c->experts;
         d->router = moe_router_find(c->router);

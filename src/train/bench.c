@@ -400,7 +400,7 @@ void bench_run(const Config *c) {
     // training FLOPs: forward + backward (2x forward) per image
     double gflops = 3.0 * fwd * B / step / 1e9;
     double peak16 = gemm_bf16_peak(2048, 3);
-    const int bf16 = b.m.precision != GEMM_FP32;
+    const int bf16 = !gemm_is_fp32(b.m.precision);
     double peak = bf16 && peak16 > 0 ? peak16 : peak32;
     printf("model: D=%d L=%d H=%d M=%d patch=%d image=%d N=%d K=%d pool=%s, %.2fM params\n",
            d->D, d->L, d->H, d->M, d->patch, d->img, d->N, d->K, c->pool, (double)n / 1e6);
