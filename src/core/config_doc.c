@@ -84,6 +84,7 @@ static const struct { const char *name, *doc; } DOCS[] = {
     {"debug.fail_rank", "test only: debug.fail_at_step on this rank alone (-1: every rank)"},
     {"debug.poison_at_step", "test only: a NaN into Adam's v of the first tensor after this step's update (0: off)"},
     {"debug.crash_before_rename", "test only: exit(3) after writing this step's checkpoint, before its rename (0: off)"},
+    {"debug.fp32_sgemm", "fp32 products through sgemm and the few-row kernels even where oneDNN's fp32 matmul would run, to compare the two paths (bool)"},
 };
 
 const char *config_key_doc(const char *section, const char *key) {
