@@ -335,7 +335,7 @@ static int cmd_eval(int argc, char **argv) {
         jsonl_num(&j, "val/loss", loss, 6);
         jsonl_end(&j);
     }
-    eval_fewshot(&m, &c, step, stdout, 0);
+    eval_fewshot(&m, &c, step, stdout, "standard output", 0);
     if (!c.val[0] && !c.n_fewshot)
         fprintf(stderr, "softmoe: nothing to evaluate: set data.val or fewshot.<name>\n");
     vit_free(&m);

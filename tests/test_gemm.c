@@ -183,7 +183,7 @@ START_TEST(test_fp32_paths) {
         int d = 0;
         double e = worst(s, A, B, C0, cd, cb, 2 * (s->K + 2) * U_F32, &d);
         double ep = worst(s, A, B, C0, cp, cb, 2 * (s->K + 2) * U_F32, &d);
-        int rule = gemm_fp32_dnnl_shape(s->ta, s->tb, s->M, s->N, s->K);
+        int rule = gemm_fp32_dnnl();
         printf("fp32 %c%c M=%d N=%d K=%d: oneDNN/sgemm %.3f of bound (in parallel %.3f); "
                "rule: %s\n", "NT"[s->ta], "NT"[s->tb], s->M, s->N, s->K, e, ep,
                rule ? "oneDNN" : "sgemm");

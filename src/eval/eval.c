@@ -228,7 +228,7 @@ int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n) {
     return 1;
 }
 
-void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
+void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, const char *out_name, int quiet) {
     // fewshot.l2_sweep, or fewshot.l2 alone
     const double *l2s = c->n_l2_sweep ? c->l2_sweep : &c->fewshot_l2;
     const int nl2 = c->n_l2_sweep ? c->n_l2_sweep : 1, nshots = c->n_shots;
@@ -242,7 +242,7 @@ void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet) {
         for (int i = 0; i < ntr; i++) K = ytr[i] + 1 > K ? ytr[i] + 1 : K;
         for (int i = 0; i < nte; i++) K = yte[i] + 1 > K ? yte[i] + 1 : K;
         JsonLine j;
-        jsonl_begin(&j, out, out == stdout ? "standard output" : "metrics.jsonl");
+        jsonl_begin(&j, out, out_name);
         jsonl_int(&j, "step", step);
         for (int s = 0; s < nshots; s++) {
             double best_l2 = 0;

@@ -45,4 +45,4 @@ int eval_val(Vit *m, const Config *c, double *prec1, double *loss, long *n);
 // Few-shot accuracy for every configured dataset and shot count, written as
 // one JSON line {"step": s, "fewshot/<name>/<k>shot": acc, ...} to out (if
 // not NULL) and summarised on stderr unless quiet.
-void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, int quiet);
+void eval_fewshot(Vit *m, const Config *c, long step, FILE *out, const char *out_name, int quiet);

@@ -8,7 +8,7 @@
 // faster than the only other way to these numerics (rounded inputs through
 // sgemm) for every product shape of the S/16 models (table in the README),
 // so there is no per-shape switch and no hand-written bf16 kernel.
-// fp32 products chosen by gemm_fp32_dnnl_shape() run as oneDNN fp32 matmuls
+// fp32 products run as oneDNN fp32 matmuls where gemm_fp32_dnnl() says so,
 // straight on the caller's operands and strides (no staging, no conversion).
 #include "gemm.h"
 
@@ -297,17 +297,17 @@ static int dnnl_avx512(void) {
 #endif
 }
 
-int gemm_fp32_dnnl_shape(int ta, int tb, int M, int N, int K) {
-    (void)ta, (void)tb, (void)M, (void)N, (void)K;
-    return dnnl_avx512();
+int gemm_fp32_dnnl(void) { return dnnl_avx512(); }
+
+int gemm_uses_plans(int precision) {
+    return !(precision == GEMM_FP32_BLAS || (precision == GEMM_FP32 && !gemm_fp32_dnnl()));
 }
 
 void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     const int prec = G.precision;
     const int f32 = gemm_is_fp32(prec);
-    if (M <= 0 || N <= 0 || K <= 0 || prec == GEMM_FP32_BLAS ||
-        (prec == GEMM_FP32 && !gemm_fp32_dnnl_shape(ta == CblasTrans, tb == CblasTrans, M, N, K))) {
+    if (M <= 0 || N <= 0 || K <= 0 || !gemm_uses_plans(prec)) {
         if (!G.planning)
             cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

@@ -3,13 +3,13 @@
 // the Soft MoE logits, dispatch and combine, the heads, and every backward
 // product), so that train.precision switches all of them at once.
 //
-//   fp32  fp32 inputs and accumulation. With oneDNN on an AVX-512 CPU the
-//         products whose rule gemm_fp32_dnnl_shape() gives (measured per shape
-//         with `make bench-gemm`, table in the README) run as oneDNN fp32
-//         matmul primitives on the operands in place; the others, and every
-//         product without oneDNN, are cblas_sgemm (and the few-row expert
-//         kernels). The choice is by shape only, never by timing, so a run's
-//         numbers do not depend on the machine's load.
+//   fp32  fp32 inputs and accumulation. With oneDNN on an AVX-512 CPU every
+//         product runs as a oneDNN fp32 matmul primitive on the operands in
+//         place (`make bench-gemm` measured it faster than sgemm and than the
+//         few-row kernels on every S/16 shape; table in the README); without
+//         them, cblas_sgemm and the few-row expert kernels. The choice is
+//         fixed per machine, never a timing, so a run's numbers do not depend
+//         on the machine's load.
 //   bf16  inputs rounded to bfloat16 (8-bit mantissa, round to nearest even),
 //         products accumulated in fp32, fp32 output: a TPU's default matmul
 //         precision. With oneDNN (libdnnl) the product is its bf16 matmul
@@ -41,9 +41,11 @@ enum {
 static inline int gemm_is_fp32(int precision) {
     return precision == GEMM_FP32 || precision == GEMM_FP32_BLAS || precision == GEMM_FP32_DNNL;
 }
-// Nonzero when an fp32 product of this shape goes to oneDNN (built with it,
-// an AVX-512 CPU, and the shape's rule).
-int gemm_fp32_dnnl_shape(int ta, int tb, int M, int N, int K);
+// Nonzero when GEMM_FP32 products go to oneDNN (built with it, AVX-512 CPU).
+int gemm_fp32_dnnl(void);
+// Nonzero when products at this precision use plans (primitives created by a
+// planning pass at model build); sgemm-only precisions need none.
+int gemm_uses_plans(int precision);
 
 // Sets the precision of every following gemm_run (process-wide).
 void gemm_set_precision(int precision);

@@ -227,18 +227,17 @@ static void nt_avx512(float *dx, const float *dy, const float *w, int R, int K, 
 // products go through gemm_run (oneDNN) like every other product. They beat
 // oneDNN's bf16 only at 8 rows (make bench-gemm), and there in fp32, which
 // bf16 mode must not use. In fp32, oneDNN's fp32 matmul beat them at 8 and
-// 32 rows too (make bench-gemm), so they run only where the fp32 rule keeps
-// sgemm (no oneDNN, no AVX-512) or when the sgemm path is forced.
-static int fewrow_ok(int R, int ta, int tb, int N, int K) {
+// 32 rows too (make bench-gemm), so they run only where fp32 stays with
+// sgemm (no oneDNN, no AVX-512, or debug.fp32_sgemm).
+static int fewrow_ok(int R) {
     const int p = gemm_precision();
-    return R <= FEWROW_MAX &&
-           (p == GEMM_FP32_BLAS || (p == GEMM_FP32 && !gemm_fp32_dnnl_shape(ta, tb, R, N, K)));
+    return R <= FEWROW_MAX && gemm_is_fp32(p) && !gemm_uses_plans(p);
 }
 
 void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R, int K,
                int N, int accumulate) {
 #ifdef __AVX512F__
-    if (fewrow_ok(R, 0, 0, N, K)) {
+    if (fewrow_ok(R)) {
         nn_avx512(out, x, w, b, R, K, N, accumulate);
         return;
     }
@@ -249,7 +248,7 @@ void fewrow_nn(float *out, const float *x, const float *w, const float *b, int R
 void fewrow_nt(float *dx, const float *dy, const float *w, int R, int K, int N,
                int accumulate) {
 #ifdef __AVX512F__
-    if (fewrow_ok(R, 0, 1, K, N)) {
+    if (fewrow_ok(R)) {
         nt_avx512(dx, dy, w, R, K, N, accumulate);
         return;
     }

@@ -405,7 +405,7 @@ void vit_alloc(Vit *m, int B) {
         m->posemb_fixed = sm_malloc((size_t)m->d.Np * m->d.D * sizeof(float));
         posemb_sincos2d(m->posemb_fixed, m->d.G, m->d.D);
     }
-    plan_gemms(m, B);
+    if (gemm_uses_plans(m->precision)) plan_gemms(m, B);
 }
 
 void vit_free(Vit *m) {

@@ -202,7 +202,7 @@ static void progress(long step, long steps, double loss, double lr, double ips, 
 }
 
 // Writes one evaluation line to metrics.jsonl (and stderr).
-static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet, double *prec1,
+static void log_eval(FILE *mf, const char *mf_name, Trainer *t, const Config *c, long step, int quiet, double *prec1,
                      double *loss) {
     long n = c->eval_synthetic;
     if (t->ld) {
@@ -211,7 +211,7 @@ static void log_eval(FILE *mf, Trainer *t, const Config *c, long step, int quiet
         evaluate(t, c, (int)n, prec1, loss);
     }
     JsonLine j;
-    jsonl_begin(&j, mf, "metrics.jsonl");
+    jsonl_begin(&j, mf, mf_name);
     jsonl_int(&j, "step", step);
     jsonl_num(&j, "val/prec@1", *prec1, 6);
     jsonl_num(&j, "val/loss", *loss, 6);
@@ -314,11 +314,11 @@ static void maybe_evaluate(Trainer *t, const Config *c, long step, Loop *lp) {
     if (c->eval_every > 0 && (step + 1) % c->eval_every == 0) {
         double p1, vl;
         if (lp->tty) fputc('\n', stderr);
-        log_eval(lp->mf, t, c, step + 1, lp->quiet, &p1, &vl);
+        log_eval(lp->mf, lp->path, t, c, step + 1, lp->quiet, &p1, &vl);
     }
     if (c->fewshot_every > 0 && (step + 1) % c->fewshot_every == 0) {
         if (lp->tty) fputc('\n', stderr);
-        eval_fewshot(&t->m, c, step + 1, lp->mf, lp->quiet);
+        eval_fewshot(&t->m, c, step + 1, lp->mf, lp->path, lp->quiet);
     }
 }
 
@@ -371,8 +371,8 @@ static void loop_end(Loop *lp, Trainer *t, const Config *c, TrainResult *res) {
         if (!lp->quiet && !t->ld)
             fprintf(stderr, "softmoe: final evaluation on %d held-out synthetic images "
                     "(eval.synthetic_images)\n", c->eval_synthetic);
-        log_eval(lp->mf, t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
-        eval_fewshot(&t->m, c, res->steps_done, lp->mf, lp->quiet);
+        log_eval(lp->mf, lp->path, t, c, res->steps_done, 1, &res->val_prec1, &res->val_loss);
+        eval_fewshot(&t->m, c, res->steps_done, lp->mf, lp->path, lp->quiet);
     }
     if (lp->mf) {
         if (ferror(lp->mf)) sm_die("writing metrics to '%s' failed", lp->path);
