@@ -281,7 +281,7 @@ START_TEST(test_kernels) {
         dq[p] = sm_calloc(nd, 4), dk[p] = sm_calloc(nd, 4), dv[p] = sm_calloc(nd, 4);
         gemm_set_precision(p ? GEMM_BF16 : GEMM_FP32);
         attention_forward(o[p], att[p], q, k, v, B, N, N, H, Dh);
-        attention_backward(dq[p], dk[p], dv[p], scr, q, att[p], q, k, v, B, N, N, H, Dh);
+        attention_backward(dq[p], dk[p], dv[p], scr, q, att[p], q, k, v, B, N, N, H, Dh, 0);
         gemm_set_precision(GEMM_FP32);
     }
     // each output is a chain of at most 3 products and a softmax: 3 x 2^-8

@@ -39,10 +39,23 @@ START_TEST(test_dense) {
     gc_fill(x, 35, 1, 1); gc_fill(w, 21, 1, 2); gc_fill(b, 3, 1, 3); gc_fill(Rm, 15, 1, 4);
     Ctx c = {.in = {x, w, b}, .out = out, .R = Rm, .a = R, .b = I, .c = O};
     dense_loss(&c);
-    dense_backward(dx, dw, db, Rm, x, w, R, I, O);
+    dense_backward(dx, dw, db, Rm, x, w, R, I, O, 1);
     ck_assert_double_lt(gc_check(dense_loss, &c, x, dx, 35, H_STEP, 64, 1e-6), TOL);
     ck_assert_double_lt(gc_check(dense_loss, &c, w, dw, 21, H_STEP, 64, 1e-6), TOL);
     ck_assert_double_lt(gc_check(dense_loss, &c, b, db, 3, H_STEP, 64, 1e-6), TOL);
+    // acc = 1 adds the input gradient onto what is there, acc = 0 overwrites
+    // it (NaN before: beta 0 must not read it); parameter gradients add in both
+    float dxa[35], dxo[35], dw2[21], db2[3];
+    for (int i = 0; i < 35; i++) dxa[i] = 1.0f, dxo[i] = NAN;
+    memcpy(dw2, dw, sizeof dw), memcpy(db2, db, sizeof db);
+    dense_backward(dxa, NULL, NULL, Rm, x, w, R, I, O, 1);
+    dense_backward(dxo, dw2, db2, Rm, x, w, R, I, O, 0);
+    for (int i = 0; i < 35; i++) {
+        ck_assert_float_eq_tol(dxa[i], dx[i] + 1.0f, 1e-5f);
+        ck_assert_float_eq_tol(dxo[i], dx[i], 1e-6f);
+    }
+    for (int i = 0; i < 21; i++) ck_assert_float_eq_tol(dw2[i], 2 * dw[i], 1e-5f);
+    for (int i = 0; i < 3; i++) ck_assert_float_eq_tol(db2[i], 2 * db[i], 1e-5f);
     // accumulate mode adds onto what is there
     float out2[15];
     dense_loss(&c);  // out from the unperturbed inputs
@@ -101,8 +114,16 @@ START_TEST(test_gelu) {
     gc_fill(x, 40, 4, 9); gc_fill(Rm, 40, 1, 10);
     Ctx c = {.in = {x}, .out = out, .R = Rm, .a = 40};
     gelu_loss(&c);
-    gelu_backward(dx, Rm, x, 40);
+    gelu_backward(dx, Rm, x, 40, 1);
     ck_assert_double_lt(gc_check(gelu_loss, &c, x, dx, 40, 1e-3f, 64, 1e-6), TOL);
+    float dxa[40], dxo[40];  // acc = 1 adds, acc = 0 overwrites (NaN before)
+    for (int i = 0; i < 40; i++) dxa[i] = 1.0f, dxo[i] = NAN;
+    gelu_backward(dxa, Rm, x, 40, 1);
+    gelu_backward(dxo, Rm, x, 40, 0);
+    for (int i = 0; i < 40; i++) {
+        ck_assert_float_eq_tol(dxa[i], dx[i] + 1.0f, 1e-6f);
+        ck_assert_float_eq(dxo[i], dx[i]);
+    }
     // hand values: gelu(0) = 0, gelu(1) = 0.5*(1+tanh(0.79788456*1.044715)) = 0.841192
     float v[2] = {0.0f, 1.0f}, o[2];
     gelu_forward(o, v, 2);
@@ -146,10 +167,27 @@ static void check_attention(int Nq, int Nk) {
         for (int j = 0; j < Nk; j++) s += att[r * Nk + j];
         ck_assert_double_lt(fabs(s - 1.0), 1e-5);
     }
-    attention_backward(dq, dk, dv, scr, Rm, att, q, k, v, B, Nq, Nk, H, Dh);
+    attention_backward(dq, dk, dv, scr, Rm, att, q, k, v, B, Nq, Nk, H, Dh, 1);
     ck_assert_double_lt(gc_check(att_loss, &c, q, dq, B * Nq * D, H_STEP, 96, 1e-6), TOL);
     ck_assert_double_lt(gc_check(att_loss, &c, k, dk, B * Nk * D, H_STEP, 96, 1e-6), TOL);
     ck_assert_double_lt(gc_check(att_loss, &c, v, dv, B * Nk * D, H_STEP, 96, 1e-6), TOL);
+    // acc = 1 adds onto what is there, acc = 0 overwrites every slice (NaN before)
+    float aq[B * 8 * D], ak[B * 8 * D], av[B * 8 * D];
+    float oq[B * 8 * D], ok_[B * 8 * D], ov[B * 8 * D];
+    for (int i = 0; i < B * 8 * D; i++) aq[i] = ak[i] = av[i] = 1.0f, oq[i] = ok_[i] = ov[i] = NAN;
+    att_loss(&c);
+    attention_backward(aq, ak, av, scr, Rm, att, q, k, v, B, Nq, Nk, H, Dh, 1);
+    attention_backward(oq, ok_, ov, scr, Rm, att, q, k, v, B, Nq, Nk, H, Dh, 0);
+    for (int i = 0; i < B * Nq * D; i++) {
+        ck_assert_float_eq_tol(aq[i], dq[i] + 1.0f, 1e-5f);
+        ck_assert_float_eq_tol(oq[i], dq[i], 1e-6f);
+    }
+    for (int i = 0; i < B * Nk * D; i++) {
+        ck_assert_float_eq_tol(ak[i], dk[i] + 1.0f, 1e-5f);
+        ck_assert_float_eq_tol(ov[i], dv[i], 1e-6f);
+        ck_assert_float_eq_tol(ok_[i], dk[i], 1e-6f);
+        ck_assert_float_eq_tol(av[i], dv[i] + 1.0f, 1e-5f);
+    }
 }
 
 START_TEST(test_attention_self) { check_attention(5, 5); }
@@ -310,7 +348,7 @@ START_TEST(test_check_can_fail) {
     float x[35], w[21], b[3], out[15], Rm[15], dw[21] = {0};
     gc_fill(x, 35, 1, 1); gc_fill(w, 21, 1, 2); gc_fill(b, 3, 1, 3); gc_fill(Rm, 15, 1, 4);
     Ctx c = {.in = {x, w, b}, .out = out, .R = Rm, .a = R, .b = I, .c = O};
-    dense_backward(NULL, dw, NULL, Rm, x, w, R, I, O);
+    dense_backward(NULL, dw, NULL, Rm, x, w, R, I, O, 1);
     dw[4] += 0.05f * fabsf(dw[4]) + 0.05f;
     ck_assert_double_gt(gc_check(dense_loss, &c, w, dw, 21, H_STEP, 64, 1e-6), TOL);
 }

@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <math.h>
 
+#include "fastmath.h"
 #include "gemm.h"
 #include "layers.h"
 
@@ -25,11 +26,15 @@ void attention_forward(float *out, float *att, const float *q, const float *k,
                      kb, D, 0.0f, a, Nk);
             for (int i = 0; i < Nq; i++) {
                 float *row = a + (size_t)i * Nk;
+                // vectorised: the sums' order is fixed by the vector width,
+                // never by the thread count
                 float mx = row[0];
+                #pragma omp simd reduction(max : mx)
                 for (int j = 1; j < Nk; j++) mx = row[j] > mx ? row[j] : mx;
                 float sum = 0.0f;
+                #pragma omp simd reduction(+ : sum)
                 for (int j = 0; j < Nk; j++) {
-                    row[j] = expf(row[j] - mx);
+                    row[j] = fast_expf(row[j] - mx);
                     sum += row[j];
                 }
                 float inv = 1.0f / sum;
@@ -45,8 +50,9 @@ void attention_forward(float *out, float *att, const float *q, const float *k,
 void attention_backward(float *dq, float *dk, float *dv, float *scratch,
                         const float *dout, const float *att, const float *q,
                         const float *k, const float *v, int B, int Nq, int Nk,
-                        int H, int Dh) {
+                        int H, int Dh, int acc) {
     const int D = H * Dh;
+    const float beta = acc ? 1.0f : 0.0f;  // each (image, head) slice is one task's
     const float scale = 1.0f / sqrtf((float)Dh);
     #pragma omp parallel for schedule(static) collapse(2)
     for (int b = 0; b < B; b++) {
@@ -56,7 +62,7 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
             float *da = scratch + ((size_t)b * H + h) * Nq * Nk;
             // dv += a^T @ dout ; da = dout @ v^T
             gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, a, Nk,
-                     dout + qo, D, 1.0f, dv + ko, D);
+                     dout + qo, D, beta, dv + ko, D);
             gemm_run(CblasNoTrans, CblasTrans, Nq, Nk, Dh, 1.0f, dout + qo,
                      D, v + ko, D, 0.0f, da, Nk);
             // softmax backward, with the 1/sqrt(Dh) of the logits folded in
@@ -64,14 +70,15 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
                 const float *ar = a + (size_t)i * Nk;
                 float *dr = da + (size_t)i * Nk;
                 float dot = 0.0f;
+                #pragma omp simd reduction(+ : dot)
                 for (int j = 0; j < Nk; j++) dot += ar[j] * dr[j];
                 for (int j = 0; j < Nk; j++) dr[j] = scale * ar[j] * (dr[j] - dot);
             }
             // dq += ds @ k ; dk += ds^T @ q
             gemm_run(CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, da, Nk,
-                     k + ko, D, 1.0f, dq + qo, D);
+                     k + ko, D, beta, dq + qo, D);
             gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, da, Nk,
-                     q + qo, D, 1.0f, dk + ko, D);
+                     q + qo, D, beta, dk + ko, D);
         }
     }
 }

@@ -29,11 +29,11 @@ void dense_forward(float *out, const float *inp, const float *w, const float *b,
 }
 
 void dense_backward(float *dinp, float *dw, float *db, const float *dout,
-                    const float *inp, const float *w, int R, int Din, int Dout) {
+                    const float *inp, const float *w, int R, int Din, int Dout, int acc) {
     // dout (R,Dout)
     if (dinp)
         gemm_run(CblasNoTrans, CblasTrans, R, Din, Dout, 1.0f, dout, Dout, w, Dout,
-                 1.0f, dinp, Din);
+                 acc ? 1.0f : 0.0f, dinp, Din);
     if (dw)
         gemm_run(CblasTrans, CblasNoTrans, Din, Dout, R, 1.0f, inp, Din, dout, Dout,
                  1.0f, dw, Dout);
@@ -65,25 +65,20 @@ void gelu_forward(float *out, const float *inp, size_t n) {
 }
 
 // d gelu / dx = s + 2 x s (1 - s) du/dx with s = sigmoid(2u)
-void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
-    #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_C * (x + 0.044715f * x * x * x);
-        float s = 1.0f / (1.0f + fast_expf(-2.0f * u));
-        float du = GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] += (s + 2.0f * x * s * (1.0f - s) * du) * dout[i];
-    }
+static inline float gelu_grad(float x) {
+    float u = GELU_C * (x + 0.044715f * x * x * x);
+    float s = 1.0f / (1.0f + fast_expf(-2.0f * u));
+    float du = GELU_C * (1.0f + 3.0f * 0.044715f * x * x);
+    return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
-// Both threads zero: one thread's stores reach about half the write bandwidth.
-static void zero_par(float *p, size_t n) {
-    const size_t chunk = (size_t)1 << 18;
-    const long nc = (long)((n + chunk - 1) / chunk);
-    #pragma omp parallel for schedule(static) if (nc > 1)
-    for (long c = 0; c < nc; c++) {
-        size_t lo = (size_t)c * chunk, len = n - lo < chunk ? n - lo : chunk;
-        memset(p + lo, 0, len * sizeof(float));
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, int acc) {
+    if (acc) {
+        #pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
+    } else {
+        #pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
     }
 }
 
@@ -101,24 +96,21 @@ void mlp_forward(float *out, float *h, float *hg, const float *x, const float *w
 void mlp_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh,
                   float *dhg, const float *dout, const float *x, const float *h,
                   const float *hg, const float *w1, const float *w2, int R, int D, int M,
-                  int fewrow) {
-    // dout (R,D). Few rows: weight and bias gradients by sgemm, input
-    // gradients by fewrow_nt, which writes dhg (no zeroing pass).
+                  int fewrow, int acc) {
+    // dout (R,D). dhg and dh are written, never zeroed first. Few rows: weight
+    // and bias gradients by sgemm, input gradients by fewrow_nt.
     const size_t RM = (size_t)R * M;
     if (fewrow) {
-        dense_backward(NULL, dw2, db2, dout, hg, w2, R, M, D);
+        dense_backward(NULL, dw2, db2, dout, hg, w2, R, M, D, 0);
         fewrow_nt(dhg, dout, w2, R, M, D, 0);
-        memset(dh, 0, RM * sizeof(float));  // one expert's rows: in cache, on this thread
     } else {
-        zero_par(dhg, RM);
-        dense_backward(dhg, dw2, db2, dout, hg, w2, R, M, D);
-        zero_par(dh, RM);
+        dense_backward(dhg, dw2, db2, dout, hg, w2, R, M, D, 0);
     }
-    gelu_backward(dh, dhg, h, RM);
+    gelu_backward(dh, dhg, h, RM, 0);
     if (fewrow) {
-        dense_backward(NULL, dw1, db1, dh, x, w1, R, D, M);
-        if (dx) fewrow_nt(dx, dh, w1, R, D, M, 1);
+        dense_backward(NULL, dw1, db1, dh, x, w1, R, D, M, 0);
+        if (dx) fewrow_nt(dx, dh, w1, R, D, M, acc);
     } else {
-        dense_backward(dx, dw1, db1, dh, x, w1, R, D, M);
+        dense_backward(dx, dw1, db1, dh, x, w1, R, D, M, acc);
     }
 }

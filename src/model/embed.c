@@ -32,7 +32,7 @@ void patch_backward(float *dimg, float *dw, float *db, const float *dout,
                     const float *patches, const float *w, int B, int S, int C,
                     int P, int D) {
     const int G = S / P, PPC = P * P * C;
-    dense_backward(NULL, dw, db, dout, patches, w, B * G * G, PPC, D);
+    dense_backward(NULL, dw, db, dout, patches, w, B * G * G, PPC, D, 0);
     if (!dimg) return;
     // Patches do not overlap (stride = size), so col2im is a scatter-add.
     #pragma omp parallel for schedule(static)

@@ -135,11 +135,10 @@ static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, con
     #pragma omp parallel for schedule(dynamic)
     for (int e = 0; e < d.El; e++) {
         size_t rd = (size_t)e * R * d.D, rm = (size_t)e * R * d.M, wo = (size_t)e * d.D * d.M;
-        // this expert's input gradient rows, zeroed in cache by the thread that fills them
-        memset(s->dxe + rd, 0, (size_t)R * d.D * sizeof(float));
+        // this expert's input gradient rows, written (not accumulated)
         mlp_backward(s->dxe + rd, g->w1 + wo, g->b1 + (size_t)e * d.M, g->w2 + wo,
                      g->b2 + (size_t)e * d.D, s->dh + rm, s->dhg + rm, s->dye + rd, a->xe + rd,
-                     a->h + rm, a->hg + rm, w->w1 + wo, w->w2 + wo, R, d.D, d.M, 1);
+                     a->h + rm, a->hg + rm, w->w1 + wo, w->w2 + wo, R, d.D, d.M, 1, 0);
     }
 }
 

@@ -118,19 +118,16 @@ static void map_backward(Vit *m, float *denc, int B) {
     const int D = d->D, M = d->M, BN = B * d->N;
     float *da = a->dmap_small, *dhg = da + (size_t)B * D, *dln = dhg + (size_t)B * M;
     float *dao = dln + (size_t)B * D, *dq = dao + (size_t)B * D, *dqin = dq + (size_t)B * D;
-    zero(a->dmap_small, (size_t)B * (M + 6 * D));
     memcpy(da, a->dpooled, (size_t)B * D * sizeof(float));
     mlp_backward(dln, g->w1, g->b1, g->w2, g->b2, a->dh, dhg, a->dpooled, p->ln, p->h, p->hg,
-                 w->w1, w->w2, B, D, M, 0);
+                 w->w1, w->w2, B, D, M, 0, 0);
     layernorm_backward(da, g->ln_s, g->ln_b, dln, p->a, w->ln_s, p->ln_mean, p->ln_rstd, B, D);
-    dense_backward(dao, g->wo, g->bo, da, p->ao, w->wo, B, D, D);
-    zero(a->dk, (size_t)BN * D);
-    zero(a->dv, (size_t)BN * D);
+    dense_backward(dao, g->wo, g->bo, da, p->ao, w->wo, B, D, D, 0);
     attention_backward(dq, a->dk, a->dv, a->datt, dao, p->att, p->q, p->k, p->v, B, 1, d->N,
-                       d->H, d->Dh);
-    dense_backward(denc, g->wk, g->bk, a->dk, a->enc, w->wk, BN, D, D);
-    dense_backward(denc, g->wv, g->bv, a->dv, a->enc, w->wv, BN, D, D);
-    dense_backward(dqin, g->wq, g->bq, dq, p->qin, w->wq, B, D, D);
+                       d->H, d->Dh, 0);
+    dense_backward(denc, g->wk, g->bk, a->dk, a->enc, w->wk, BN, D, D, 1);
+    dense_backward(denc, g->wv, g->bv, a->dv, a->enc, w->wv, BN, D, D, 1);
+    dense_backward(dqin, g->wq, g->bq, dq, p->qin, w->wq, B, D, D, 0);
     for (int b = 0; b < B; b++)
         for (int j = 0; j < D; j++) g->probe[j] += dqin[(size_t)b * D + j];
 }
@@ -144,24 +141,22 @@ static void block_backward(Vit *m, int l, int B) {
     VitActs *a = &m->a;
     const int BN = B * d->N, D = d->D, M = d->M;
     const size_t BND = (size_t)BN * D;
-    zero(a->dln, BND);
     if (d->is_moe[l]) {
         // MoE branch: out = xm + MoE(ln1), plus its auxiliary loss
         MoeDims md = vit_moe_dims(d, B);
+        zero(a->dln, BND);
         moe_backward(a->dln, &g->moe, &a->moe, a->dx, &k->moe, k->ln1, &w->moe, md);
     } else {
         // MLP branch: out = xm + gelu(ln1 @ w1 + b1) @ w2 + b2
         mlp_backward(a->dln, g->w1, g->b1, g->w2, g->b2, a->dh, a->dhg, a->dx, k->ln1, k->h,
-                     k->hg, w->w1, w->w2, BN, D, M, 0);
+                     k->hg, w->w1, w->w2, BN, D, M, 0, 0);
     }
     layernorm_backward(a->dx, g->ln1_s, g->ln1_b, a->dln, k->xm, w->ln1_s, k->ln1_mean,
                        k->ln1_rstd, BN, D);
     // attention branch: xm = x + attention(ln0) @ wo + bo
-    zero(a->dao, BND);
-    dense_backward(a->dao, g->wo, g->bo, a->dx, k->ao, w->wo, BN, D, D);
-    zero(a->dq, BND); zero(a->dk, BND); zero(a->dv, BND);
+    dense_backward(a->dao, g->wo, g->bo, a->dx, k->ao, w->wo, BN, D, D, 0);
     attention_backward(a->dq, a->dk, a->dv, a->datt, a->dao, k->att, k->q, k->k, k->v, B, d->N,
-                       d->N, d->H, d->Dh);
+                       d->N, d->H, d->Dh, 0);
     float *dq = a->dq, *dk = a->dk;
     if (d->qk_norm) {
         zero(a->dqr, BND); zero(a->dkr, BND);
@@ -171,10 +166,9 @@ static void block_backward(Vit *m, int l, int B) {
                            BN * d->H, d->Dh);
         dq = a->dqr, dk = a->dkr;
     }
-    zero(a->dln, BND);
-    dense_backward(a->dln, g->wq, g->bq, dq, k->ln0, w->wq, BN, D, D);
-    dense_backward(a->dln, g->wk, g->bk, dk, k->ln0, w->wk, BN, D, D);
-    dense_backward(a->dln, g->wv, g->bv, a->dv, k->ln0, w->wv, BN, D, D);
+    dense_backward(a->dln, g->wq, g->bq, dq, k->ln0, w->wq, BN, D, D, 0);
+    dense_backward(a->dln, g->wk, g->bk, dk, k->ln0, w->wk, BN, D, D, 1);
+    dense_backward(a->dln, g->wv, g->bv, a->dv, k->ln0, w->wv, BN, D, D, 1);
     layernorm_backward(a->dx, g->ln0_s, g->ln0_b, a->dln, k->x, w->ln0_s, k->ln0_mean,
                        k->ln0_rstd, BN, D);
 }
@@ -213,9 +207,8 @@ void vit_backward(Vit *m, const float *targets, int B) {
     const int BN = B * d->N, D = d->D;
     zero(a->dlogits, (size_t)B * d->K);
     loss_backward(a->dlogits, a->logits, targets, B, d->K, d->loss);
-    zero(a->dpooled, (size_t)B * D);
     dense_backward(a->dpooled, m->g.head_w, m->g.head_b, a->dlogits, a->pooled, m->w.head_w, B,
-                   D, d->K);
+                   D, d->K, 0);
     zero(a->dln, (size_t)BN * D);  // d(enc)
     if (d->pool == POOL_GAP) gap_backward(a->dln, a->dpooled, B, d->N, D);
     else if (d->pool == POOL_TOK) tok_backward(a->dln, a->dpooled, B, d->N, D);
