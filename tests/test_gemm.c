@@ -25,6 +25,8 @@
 #include <math.h>
 #include <omp.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "core/common.h"
 #include "core/rng.h"
@@ -302,6 +304,104 @@ END_TEST
 
 // Planning computes nothing and registers shapes; a later call of a planned
 // shape creates nothing new.
+// The MLP at bf16 writes the GELU output and its gradient straight as bf16
+// (gemm_run_h): the same numbers, bit for bit, as the composition of the
+// fp32 kernels whose products convert those operands on each call, on both
+// bf16 paths (oneDNN and rounded sgemm), for the dense shape and an expert's
+// few rows inside a parallel region; and bf16 operands at fp32 are refused.
+static void mlp_both(int prec, int R, int D, int M, int inpar, int acc) {
+    size_t nx = (size_t)R * D, nh = (size_t)R * M, nw = (size_t)D * M;
+    float *x = sm_malloc(nx * 4), *w1 = sm_malloc(nw * 4), *w2 = sm_malloc(nw * 4);
+    float *b1 = sm_malloc(M * 4), *b2 = sm_malloc(D * 4), *dy = sm_malloc(nx * 4);
+    fill(x, nx, 21), fill(w1, nw, 22), fill(w2, nw, 23), fill(b1, M, 24), fill(b2, D, 25);
+    fill(dy, nx, 26);
+    float *out[2], *dx[2], *g1[2], *g2[2], *gb1[2], *gb2[2];
+    for (int p = 0; p < 2; p++) {
+        out[p] = sm_malloc(nx * 4), dx[p] = sm_malloc(nx * 4);
+        g1[p] = sm_calloc(nw, 4), g2[p] = sm_calloc(nw, 4);
+        gb1[p] = sm_calloc(M, 4), gb2[p] = sm_calloc(D, 4);
+        for (size_t i = 0; i < nx; i++) out[p][i] = 0.5f, dx[p][i] = 0.25f;
+        float *h = sm_malloc(nh * 4), *hg = sm_malloc(nh * 4), *dh = sm_malloc(nh * 4);
+        float *dhg = sm_malloc(nh * 4);
+        gemm_set_precision(prec);
+        #pragma omp parallel if (inpar) num_threads(2)
+        {
+            #pragma omp single
+            {
+                if (p == 0) {  // the model's kernel
+                    mlp_forward(out[p], h, hg, x, w1, b1, w2, b2, R, D, M, 1, 0);
+                    mlp_backward(dx[p], g1[p], gb1[p], g2[p], gb2[p], dh, dhg, dy, x, h, hg,
+                                 w1, w2, R, D, M, 0, acc);
+                } else {       // fp32 buffers, converted by each product
+                    dense_forward(h, x, w1, b1, R, D, M, 0);
+                    gelu_forward(hg, h, nh);
+                    dense_forward(out[p], hg, w2, b2, R, M, D, 1);
+                    dense_backward(dhg, g2[p], gb2[p], dy, hg, w2, R, M, D, 0);
+                    gelu_backward(dh, dhg, h, nh, 0);
+                    dense_backward(dx[p], g1[p], gb1[p], dh, x, w1, R, D, M, acc);
+                }
+            }
+        }
+        gemm_set_precision(GEMM_FP32);
+        free(h), free(hg), free(dh), free(dhg);
+    }
+    ck_assert_mem_eq(out[0], out[1], nx * 4);
+    ck_assert_mem_eq(dx[0], dx[1], nx * 4);
+    ck_assert_mem_eq(g1[0], g1[1], nw * 4);
+    ck_assert_mem_eq(g2[0], g2[1], nw * 4);
+    ck_assert_mem_eq(gb1[0], gb1[1], M * 4);
+    ck_assert_mem_eq(gb2[0], gb2[1], D * 4);
+    float *all[] = {x, w1, w2, b1, b2, dy, out[0], out[1], dx[0], dx[1], g1[0], g1[1], g2[0],
+                    g2[1], gb1[0], gb1[1], gb2[0], gb2[1]};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
+}
+
+START_TEST(test_mlp_bf16_operands) {
+    const int precs[] = {GEMM_BF16, GEMM_BF16_REF};
+    for (int i = 0; i < 2; i++) {
+        mlp_both(precs[i], 40, 24, 96, 0, 1);   // several 64-column blocks of db1
+        mlp_both(precs[i], 40, 24, 96, 0, 0);
+        mlp_both(precs[i], 8, 16, 40, 1, 1);    // an expert's rows, one thread each
+    }
+}
+END_TEST
+
+static void fp32_with_bf16_operand(void) {
+    uint16_t h[4] = {0};
+    float b[4] = {0}, c[4];
+    gemm_set_precision(GEMM_FP32);
+    gemm_run_h(CblasNoTrans, CblasNoTrans, 2, 2, 2, 1.0f, NULL, h, 2, b, NULL, 2, 0.0f, c, 2);
+}
+
+// Runs f in a child; 1 when it exits non-zero with `msg` on stderr.
+static int dies_saying(void (*f)(void), const char *msg) {
+    int fd[2];
+    ck_assert_int_eq(pipe(fd), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd[1], 2);
+        close(fd[0]);
+        f();
+        _exit(0);
+    }
+    close(fd[1]);
+    char buf[4096] = {0};
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof buf - 1 && (r = read(fd[0], buf + n, sizeof buf - 1 - n)) > 0) n += (size_t)r;
+    close(fd[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(buf, msg) != NULL;
+}
+
+START_TEST(test_bf16_operand_at_fp32) {
+    ck_assert_msg(dies_saying(fp32_with_bf16_operand, "bf16 operands for an fp32 product"),
+                  "gemm_run_h took bf16 operands at fp32");
+}
+END_TEST
+
 START_TEST(test_planning) {
     GemmInfo g0, g1, g2;
     gemm_info(&g0);
@@ -336,6 +436,8 @@ static Suite *gemm_suite(void) {
     tcase_add_test(t, test_bound_can_fail);
     tcase_add_test(t, test_kernels);
     tcase_add_test(t, test_planning);
+    tcase_add_test(t, test_mlp_bf16_operands);
+    tcase_add_test(t, test_bf16_operand_at_fp32);
     tcase_add_test(t, test_fp32_paths);
     tcase_add_test(t, test_fp32_bound_can_fail);
     suite_add_tcase(s, t);

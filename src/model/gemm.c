@@ -90,13 +90,7 @@ int gemm_precision_from_name(const char *name) {
 
 // ---------------------------------------------------------------- bfloat16
 
-static inline uint16_t bf16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
-    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
-    return (uint16_t)(u >> 16);
-}
+#define bf16_of gemm_bf16_of
 
 void gemm_round_bf16(float *out, const float *in, size_t n) {
     for (size_t i = 0; i < n; i++) {
@@ -127,6 +121,13 @@ static void rows_to_bf16(uint16_t *dst, const float *src, int rows, int cols, in
     }
 }
 #endif
+
+// bf16 operand (rows,cols) contiguous, widened to floats (exact; the sgemm path).
+static void rows_widen(float *dst, const uint16_t *src, int rows, int cols, int par) {
+    const long n = (long)rows * cols;
+    #pragma omp parallel for simd schedule(static) if (par && n > 32768)
+    for (long i = 0; i < n; i++) dst[i] = gemm_bf16_to_float(src[i]);
+}
 
 // The same, rounded but kept as floats (the sgemm path).
 static void rows_round(float *dst, const float *src, int rows, int cols, int ld, int par) {
@@ -305,8 +306,20 @@ int gemm_uses_plans(int precision) {
 
 void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_run_h(ta, tb, M, N, K, alpha, A, NULL, lda, B, NULL, ldb, beta, C, ldc);
+}
+
+void gemm_run_h(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                const float *A, const uint16_t *Ah, int lda, const float *B,
+                const uint16_t *Bh, int ldb, float beta, float *C, int ldc) {
     const int prec = G.precision;
     const int f32 = gemm_is_fp32(prec);
+    if (Ah || Bh) {
+        SM_CHECK(!f32, "gemm: bf16 operands for an fp32 product (M=%d N=%d K=%d)", M, N, K);
+        // A as stored: (M,K) or, transposed, (K,M); likewise B
+        SM_CHECK(!Ah || lda == (ta == CblasTrans ? M : K), "gemm: bf16 A not contiguous (lda %d)", lda);
+        SM_CHECK(!Bh || ldb == (tb == CblasTrans ? K : N), "gemm: bf16 B not contiguous (ldb %d)", ldb);
+    }
     if (M <= 0 || N <= 0 || K <= 0 || !gemm_uses_plans(prec)) {
         if (!G.planning)
             cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -338,20 +351,22 @@ void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float
         return;
     }
     if (p->sgemm) {
-        rows_round(st->a, A, ar, ac, lda, !inpar);
-        rows_round(st->b, B, br, bc, ldb, !inpar);
+        if (Ah) rows_widen(st->a, Ah, ar, ac, !inpar);
+        else rows_round(st->a, A, ar, ac, lda, !inpar);
+        if (Bh) rows_widen(st->b, Bh, br, bc, !inpar);
+        else rows_round(st->b, B, br, bc, ldb, !inpar);
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, st->a, ac, st->b, bc, beta, C, ldc);
         return;
     }
 #ifdef SM_DNNL
-    if (!f32) {
-        rows_to_bf16(st->a, A, ar, ac, lda, !inpar);
-        rows_to_bf16(st->b, B, br, bc, ldb, !inpar);
-    }
+    void *ha = f32 ? (void *)A : Ah ? (void *)Ah : st->a;
+    void *hb = f32 ? (void *)B : Bh ? (void *)Bh : st->b;
+    if (!f32 && !Ah) rows_to_bf16(st->a, A, ar, ac, lda, !inpar);
+    if (!f32 && !Bh) rows_to_bf16(st->b, B, br, bc, ldb, !inpar);
     const int t = inpar ? omp_get_thread_num() : 0;
     dnnl_memory_t *mem = p->mem[t];
-    DNNL_OK(dnnl_memory_set_data_handle(mem[0], f32 ? (void *)A : st->a), &k);
-    DNNL_OK(dnnl_memory_set_data_handle(mem[1], f32 ? (void *)B : st->b), &k);
+    DNNL_OK(dnnl_memory_set_data_handle(mem[0], ha), &k);
+    DNNL_OK(dnnl_memory_set_data_handle(mem[1], hb), &k);
     DNNL_OK(dnnl_memory_set_data_handle(mem[2], C), &k);
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
                                {DNNL_ARG_DST, mem[2]}, {DNNL_ARG_SCRATCHPAD, mem[3]}};

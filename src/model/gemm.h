@@ -28,6 +28,7 @@
 #pragma once
 #include <cblas.h>
 #include <stddef.h>
+#include <stdint.h>
 
 enum {
     GEMM_FP32 = 0,
@@ -56,6 +57,32 @@ int gemm_precision_from_name(const char *name);
 // C (M,N) = alpha op(A) op(B) + beta C, row-major, operands as cblas_sgemm's.
 void gemm_run(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+
+// The same product with A and/or B already in bfloat16, for a kernel that
+// wrote its output straight as bf16 (the GELU of the MLPs) so no product
+// converts it again: Ah / Bh, when not NULL, replace A / B and are stored
+// contiguous in their given orientation (row stride = their column count:
+// lda = K for A (M,K), M for A^T, and likewise for B). Only at the bf16
+// precisions, where it gives the same numbers as gemm_run on the floats the
+// bf16 values came from.
+void gemm_run_h(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                const float *A, const uint16_t *Ah, int lda, const float *B,
+                const uint16_t *Bh, int ldb, float beta, float *C, int ldc);
+
+// The bfloat16 bits nearest to f (ties to even), the rounding of every bf16
+// product's inputs; NaN stays a quiet NaN. Plain integer ops, so loops that
+// call it vectorise.
+static inline uint16_t gemm_bf16_of(float f) {
+    union { float f; uint32_t u; } v = {.f = f};
+    uint32_t u = v.u;
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static inline float gemm_bf16_to_float(uint16_t h) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
 
 // Planning: between begin and end, gemm_run creates what each new shape needs
 // (primitive, staging buffers) and computes nothing. Callers must not use the
