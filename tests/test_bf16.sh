@@ -52,6 +52,18 @@ if command -v h5diff >/dev/null; then
     h5diff -d 0 "$T/b16/ckpt-00000006.h5" "$T/x_bf16_fp32/ckpt-00000006.h5" /params >/dev/null \
         && ok || bad "bf16 half differs from the bf16 run (bf16 runs are not deterministic?)"
 fi
+# a bf16 run resumed in bf16 ends bit for bit as the straight one: the bf16
+# weights Adam writes in its pass (the straight run) are the bits the resumed
+# run's first forward converts from the checkpoint
+W="$T/x_bf16_bf16"
+"$BIN" train "$T/c.ini" train.workdir="$W" train.steps=6 train.precision=bf16 2>"$T/err" \
+    || { bad "bf16 half"; cat "$T/err"; }
+"$BIN" train "$T/c.ini" train.workdir="$W" train.precision=bf16 2>"$T/err" \
+    || { bad "bf16 resumed in bf16"; cat "$T/err"; }
+if command -v h5diff >/dev/null; then
+    h5diff -d 0 "$T/b16/ckpt-00000012.h5" "$W/ckpt-00000012.h5" /params >/dev/null \
+        && ok || bad "bf16 resumed in bf16 differs from the straight bf16 run"
+fi
 # checkpoints of a bf16 run hold fp32 tensors
 if command -v h5dump >/dev/null; then
     h5dump -H -d /params/head/kernel "$T/b16/ckpt-00000012.h5" 2>/dev/null | grep -q H5T_IEEE_F32LE \

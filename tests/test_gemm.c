@@ -253,17 +253,31 @@ START_TEST(test_bound_can_fail) {
 }
 END_TEST
 
-// gemm_round_bf16: exact halfway cases round to even, NaN stays NaN.
+// gemm_round_bf16: exact halfway cases round to even, NaN stays NaN,
+// subnormals become zeros of their sign (as VCVTNEPS2BF16); and the bf16 a
+// product reads (gemm_to_bf16, the AVX512-BF16 instruction where the CPU has
+// it) is the same bits for all of these.
 START_TEST(test_rounding) {
-    float in[6], out[6];
-    uint32_t bits[6] = {0x3f808000u, 0x3f818000u, 0x3f808001u, 0x7fc00001u, 0x7f7fffffu,
-                        0x00000000u};
-    uint32_t want[6] = {0x3f800000u, 0x3f820000u, 0x3f810000u, 0, 0x7f800000u, 0};
+    enum { NR = 9 };
+    float in[NR], out[NR];
+    uint32_t bits[NR] = {0x3f808000u, 0x3f818000u, 0x3f808001u, 0x7fc00001u, 0x7f7fffffu,
+                         0x00000000u, 0x000b1234u, 0x807fffffu, 0x00800000u};
+    uint32_t want[NR] = {0x3f800000u, 0x3f820000u, 0x3f810000u, 0, 0x7f800000u, 0,
+                         0x00000000u, 0x80000000u, 0x00800000u};
     memcpy(in, bits, sizeof in);
-    gemm_round_bf16(out, in, 6);
-    uint32_t got[6];
+    gemm_round_bf16(out, in, NR);
+    uint32_t got[NR];
     memcpy(got, out, sizeof got);
-    for (int i = 0; i < 6; i++) {
+    enum { NV = 64 };  // long enough for the vector conversion
+    float vin[NV];
+    uint16_t vout[NV];
+    for (int i = 0; i < NV; i++) vin[i] = in[i % NR];
+    gemm_to_bf16(vout, vin, NV);
+    for (int i = 0; i < NV; i++)
+        if (i % NR != 3)
+            ck_assert_msg(vout[i] == (uint16_t)(want[i % NR] >> 16), "gemm_to_bf16 %08x -> %04x",
+                          bits[i % NR], vout[i]);
+    for (int i = 0; i < NR; i++) {
         if (i == 3) ck_assert(isnan(out[i]));
         else ck_assert_msg(got[i] == want[i], "%08x -> %08x, want %08x", bits[i], got[i], want[i]);
     }

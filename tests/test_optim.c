@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "model/gemm.h"
 #include "optim/optim.h"
 #include "testutil.h"
 
@@ -456,6 +457,46 @@ START_TEST(test_adam_zero_grads) {
 }
 END_TEST
 
+// optim_step with a bf16 copy: params, m, v and the zeroed gradients as
+// adam_update_zero's, and the copy holds the bf16 of every updated parameter,
+// the very bits gemm_to_bf16 gives (what a forward would convert), padding
+// untouched.
+START_TEST(test_adam_writes_bf16) {
+    BigModel x, y;
+    big_init(&x);
+    big_init(&y);
+    Config c = {0};
+    c.b1 = 0.9, c.b2 = 0.999, c.eps = 1e-8;
+    Optim o = {.m = y.m, .v = y.v, .wd = y.wd};
+    size_t n = x.pt.total;
+    uint16_t *half = sm_malloc(n * sizeof(uint16_t)), *conv = sm_malloc(n * sizeof(uint16_t));
+    for (size_t i = 0; i < n; i++) half[i] = 0x7777;
+    unsigned s = 5;
+    for (long t = 1; t <= 2; t++) {
+        for (size_t i = 0; i < n; i++) x.g[i] = y.g[i] = lcg_uniform(&s);
+        adam_update_zero(x.p, x.g, x.m, x.v, &x.pt, x.wd, 1e-3, c.b1, c.b2, c.eps, t, 0.5f);
+        optim_step(&o, y.p, y.g, half, &y.pt, &c, 1e-3, t, 0.5f);
+    }
+    size_t bytes = n * sizeof(float), diff = 0, pad = 0;
+    ck_assert(memcmp(x.p, y.p, bytes) == 0 && memcmp(x.m, y.m, bytes) == 0 &&
+              memcmp(x.v, y.v, bytes) == 0 && memcmp(x.g, y.g, bytes) == 0);
+    gemm_to_bf16(conv, y.p, n);
+    for (int i = 0; i < y.pt.n; i++)
+        for (size_t j = 0; j < y.pt.t[i].numel; j++) {
+            size_t k = y.pt.t[i].offset + j;
+            diff += half[k] != conv[k];
+        }
+    for (size_t k = 0; k < n; k++) pad += half[k] == 0x7777;
+    ck_assert_msg(diff == 0, "%zu bf16 weights differ from gemm_to_bf16", diff);
+    size_t used = 0;
+    for (int i = 0; i < y.pt.n; i++) used += y.pt.t[i].numel;
+    ck_assert_msg(pad == n - used, "%zu untouched, %zu padding", pad, n - used);
+    free(half), free(conv);
+    big_free(&x);
+    big_free(&y);
+}
+END_TEST
+
 START_TEST(test_thread_count_invariance) {
     BigModel x, y;
     big_init(&x);
@@ -493,6 +534,7 @@ static Suite *optim_suite(void) {
     tcase_add_test(tc, test_adam_eps);
     tcase_add_test(tc, test_adam_zero_grads);
     tcase_add_test(tc, test_thread_count_invariance);
+    tcase_add_test(tc, test_adam_writes_bf16);
     suite_add_tcase(s, tc);
     return s;
 }

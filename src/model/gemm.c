@@ -60,6 +60,9 @@ typedef struct {
 
 static struct {
     int precision, planning, nthreads, late, inited;
+    const float *sh_base;                // gemm_shadow
+    size_t sh_n;
+    const uint16_t *sh;
     Plan *plans[MAX_PLANS];
     int nplans;                          // published with release/acquire
     Stage stage[MAX_THREADS];
@@ -127,6 +130,38 @@ static void rows_widen(float *dst, const uint16_t *src, int rows, int cols, int 
     const long n = (long)rows * cols;
     #pragma omp parallel for simd schedule(static) if (par && n > 32768)
     for (long i = 0; i < n; i++) dst[i] = gemm_bf16_to_float(src[i]);
+}
+
+void gemm_shadow(const float *base, size_t n, const uint16_t *copy) {
+    G.sh_base = copy ? base : NULL;
+    G.sh_n = copy ? n : 0;
+    G.sh = copy;
+}
+
+void gemm_shadow_drop(const float *base) {
+    if (G.sh_base == base) gemm_shadow(NULL, 0, NULL);
+}
+
+void gemm_to_bf16(uint16_t *dst, const float *src, size_t n) {
+    const size_t chunk = (size_t)1 << 16;
+    const long nc = (long)((n + chunk - 1) / chunk);
+    #pragma omp parallel for schedule(static)
+    for (long c = 0; c < nc; c++) {
+        size_t lo = (size_t)c * chunk, len = n - lo < chunk ? n - lo : chunk;
+#ifdef SM_DNNL
+        rows_to_bf16(dst + lo, src + lo, 1, (int)len, (int)len, 0);
+#else
+        for (size_t i = lo; i < lo + len; i++) dst[i] = bf16_of(src[i]);
+#endif
+    }
+}
+
+// The shadow of operand X (rows,cols as stored, row stride ld), or NULL.
+static const uint16_t *shadow_of(const float *X, int rows, int cols, int ld) {
+    if (!G.sh || !X || ld != cols || X < G.sh_base) return NULL;
+    size_t off = (size_t)(X - G.sh_base);
+    if (off >= G.sh_n || (size_t)rows * cols > G.sh_n - off) return NULL;
+    return G.sh + off;
 }
 
 // The same, rounded but kept as floats (the sgemm path).
@@ -346,6 +381,8 @@ void gemm_run_h(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, flo
     }
     // A as stored: (M,K) or, transposed, (K,M); B (K,N) or (N,K).
     const int ar = k.ta ? K : M, ac = k.ta ? M : K, br = k.tb ? N : K, bc = k.tb ? K : N;
+    if (!f32 && !Ah) Ah = shadow_of(A, ar, ac, lda);
+    if (!f32 && !Bh) Bh = shadow_of(B, br, bc, ldb);
     if (p->sgemm && f32) {
         cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;

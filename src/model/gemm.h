@@ -69,13 +69,27 @@ void gemm_run_h(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, flo
                 const float *A, const uint16_t *Ah, int lda, const float *B,
                 const uint16_t *Bh, int ldb, float beta, float *C, int ldc);
 
+// A bf16 copy of n floats at base (a model's parameters, converted once per
+// step): until it is replaced or cleared (NULL), every bf16 product whose A
+// or B lies inside [base, base + n), stored contiguous, reads the copy in
+// place of converting it. The caller keeps the copy equal to the floats
+// (vit_forward converts on entry, and vit_backward drops it on exit).
+void gemm_shadow(const float *base, size_t n, const uint16_t *copy);
+// Clears the copy if it is base's (vit_backward, vit_free).
+void gemm_shadow_drop(const float *base);
+// dst[i] = the bf16 of src[i], i < n, on every thread (outside a parallel region).
+void gemm_to_bf16(uint16_t *dst, const float *src, size_t n);
+
 // The bfloat16 bits nearest to f (ties to even), the rounding of every bf16
-// product's inputs; NaN stays a quiet NaN. Plain integer ops, so loops that
-// call it vectorise.
+// product's inputs; NaN stays a quiet NaN, and a subnormal f becomes a zero
+// of its sign, as AVX512-BF16's VCVTNEPS2BF16 does, so that every path (that
+// instruction, this code, the sgemm fallback) gives the same bits. Plain
+// integer ops, so loops that call it vectorise.
 static inline uint16_t gemm_bf16_of(float f) {
     union { float f; uint32_t u; } v = {.f = f};
     uint32_t u = v.u;
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    if ((u & 0x7f800000u) == 0) return (uint16_t)((u >> 16) & 0x8000u);         // subnormal
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }

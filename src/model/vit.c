@@ -409,6 +409,8 @@ void vit_alloc(Vit *m, int B) {
 }
 
 void vit_free(Vit *m) {
+    gemm_shadow_drop(m->params);
+    free(m->wh);
     free(m->params); free(m->grads); free(m->act_block); free(m->posemb_fixed);
     free(m->w.blk); free(m->g.blk); free(m->a.blk);
     ptable_free(&m->pt);

@@ -102,6 +102,8 @@ typedef struct {
     int fwd_B;                       // batch of the last vit_forward (vit_backward's)
     int precision;                   // GEMM_FP32 | GEMM_BF16 (train.precision, gemm.h)
     float *params, *grads;           // one block each, pt.total floats
+    uint16_t *wh;                    // bf16 copy of params (bf16 precision; gemm_shadow)
+    int wh_ready;                    // wh already equals params (set by whoever wrote both)
     VitW w, g;
     VitActs a;
     float *act_block;                // the single activation allocation

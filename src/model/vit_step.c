@@ -94,6 +94,14 @@ double vit_forward(Vit *m, const float *images, const float *targets, int B) {
     m->B = B;
     m->fwd_B = B;
     gemm_set_precision(m->precision);
+    if (!gemm_is_fp32(m->precision)) {
+        // the weights in bf16 once for the forward and the backward after it
+        // (the products read them in place of converting on every call)
+        if (!m->wh) m->wh = sm_aligned(m->pt.total * sizeof(uint16_t));
+        if (!m->wh_ready) gemm_to_bf16(m->wh, m->params, m->pt.total);
+        m->wh_ready = 0;  // one forward's: the params may change after it
+        gemm_shadow(m->params, m->pt.total, m->wh);
+    }
     m->aux_loss = 0;
     patch_forward(a->emb, a->patches, images, m->w.emb_w, m->w.emb_b, B, d->img, d->C, d->patch, d->D);
     embed_tokens(m, a->blk[0].x);
@@ -218,4 +226,5 @@ void vit_backward(Vit *m, const float *targets, int B) {
                        a->enc_rstd, BN, D);
     for (int l = d->L - 1; l >= 0; l--) block_backward(m, l, B);
     embed_backward(m, B);
+    gemm_shadow_drop(m->params);
 }

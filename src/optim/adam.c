@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../core/common.h"
+#include "../model/gemm.h"
 #include "optim.h"
 
 // Per-step constants, rounded to float once so every element (and every
@@ -16,8 +17,8 @@ typedef struct {
 
 // One element: gradient i through the moments into parameter i.
 static inline __attribute__((always_inline)) void adam_elem(
-    float *restrict p, float *restrict g, float *restrict m, float *restrict v, size_t i,
-    float wd, AdamStep k, int zero) {
+    float *restrict p, float *restrict g, float *restrict m, float *restrict v,
+    uint16_t *restrict h, size_t i, float wd, AdamStep k, int zero, int half) {
     float gi = g[i] * k.gscale;
     if (zero) g[i] = 0.0f;
     float mi = k.b1 * m[i] + k.one_b1 * gi;
@@ -27,6 +28,7 @@ static inline __attribute__((always_inline)) void adam_elem(
     v[i] = vi;
     // Decoupled decay (vmoe): added after Adam's scaling, then times lr.
     p[i] -= k.lr * (u + wd * p[i]);
+    if (half) h[i] = gemm_bf16_of(p[i]);
 }
 
 // The elements go in blocks of ADAM_BLOCK (a 64-byte line of each array),
@@ -44,8 +46,8 @@ static inline __attribute__((always_inline)) void adam_elem(
 // since sqrtf may otherwise set errno; v >= 0 here, so that flag is safe.
 // With zero set, each gradient is set to 0 once read (adam_update_zero).
 static inline __attribute__((always_inline)) void adam_tensor(
-    float *restrict p, float *restrict g, float *restrict m, float *restrict v, size_t n,
-    float wd, AdamStep k, int zero) {
+    float *restrict p, float *restrict g, float *restrict m, float *restrict v,
+    uint16_t *restrict h, size_t n, float wd, AdamStep k, int zero, int half) {
     const size_t nb = (n + ADAM_BLOCK - 1) / ADAM_BLOCK;
 #pragma omp for schedule(static) nowait
     for (size_t b = 0; b < nb; b++) {
@@ -56,17 +58,19 @@ static inline __attribute__((always_inline)) void adam_tensor(
         __builtin_prefetch(m + i0 + ADAM_AHEAD, 1, 2);
         __builtin_prefetch(v + i0 + ADAM_AHEAD, 1, 2);
         if (i0 + ADAM_BLOCK <= n)
-            for (size_t i = i0; i < i0 + ADAM_BLOCK; i++) adam_elem(p, g, m, v, i, wd, k, zero);
+            for (size_t i = i0; i < i0 + ADAM_BLOCK; i++)
+                adam_elem(p, g, m, v, h, i, wd, k, zero, half);
         else
-            for (size_t i = i0; i < n; i++) adam_elem(p, g, m, v, i, wd, k, zero);
+            for (size_t i = i0; i < n; i++) adam_elem(p, g, m, v, h, i, wd, k, zero, half);
     }
 }
 
 // adam_update and adam_update_zero; zero is a constant in each caller so
 // that the element loop is compiled once with and once without the store.
 static inline __attribute__((always_inline)) void adam_all(
-    float *params, float *grads, float *m, float *v, const ParamTable *pt, const float *wd,
-    double lr, double b1, double b2, double eps, long t, float gscale, int zero) {
+    float *params, float *grads, float *m, float *v, uint16_t *half, const ParamTable *pt,
+    const float *wd, double lr, double b1, double b2, double eps, long t, float gscale,
+    int zero) {
     SM_CHECK(t >= 1, "adam_update: update count t = %ld, must start at 1", t);
     AdamStep k = {
         .lr = (float)lr, .b1 = (float)b1, .one_b1 = (float)(1.0 - b1),
@@ -81,7 +85,10 @@ static inline __attribute__((always_inline)) void adam_all(
     for (int i = 0; i < pt->n; i++) {
         const ParamSpec *s = &pt->t[i];
         size_t o = s->offset;
-        adam_tensor(params + o, grads + o, m + o, v + o, s->numel, wd[i], k, zero);
+        if (half)
+            adam_tensor(params + o, grads + o, m + o, v + o, half + o, s->numel, wd[i], k, zero, 1);
+        else
+            adam_tensor(params + o, grads + o, m + o, v + o, NULL, s->numel, wd[i], k, zero, 0);
     }
 }
 
@@ -89,13 +96,13 @@ void adam_update(float *params, const float *grads, float *m, float *v,
                  const ParamTable *pt, const float *wd, double lr, double b1,
                  double b2, double eps, long t, float gscale) {
     // zero = 0: grads is only read
-    adam_all(params, (float *)grads, m, v, pt, wd, lr, b1, b2, eps, t, gscale, 0);
+    adam_all(params, (float *)grads, m, v, NULL, pt, wd, lr, b1, b2, eps, t, gscale, 0);
 }
 
 void adam_update_zero(float *params, float *grads, float *m, float *v,
                       const ParamTable *pt, const float *wd, double lr, double b1,
                       double b2, double eps, long t, float gscale) {
-    adam_all(params, grads, m, v, pt, wd, lr, b1, b2, eps, t, gscale, 1);
+    adam_all(params, grads, m, v, NULL, pt, wd, lr, b1, b2, eps, t, gscale, 1);
 }
 
 void optim_init(Optim *o, const ParamTable *pt, const Config *c) {
@@ -116,7 +123,8 @@ void optim_free(Optim *o) {
     *o = (Optim){0};
 }
 
-void optim_step(Optim *o, float *params, float *grads, const ParamTable *pt, const Config *c,
-                double lr, long step, float gscale) {
-    adam_update_zero(params, grads, o->m, o->v, pt, o->wd, lr, c->b1, c->b2, c->eps, step, gscale);
+void optim_step(Optim *o, float *params, float *grads, uint16_t *half, const ParamTable *pt,
+                const Config *c, double lr, long step, float gscale) {
+    adam_all(params, grads, o->m, o->v, half, pt, o->wd, lr, c->b1, c->b2, c->eps, step, gscale,
+             1);
 }

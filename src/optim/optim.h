@@ -3,6 +3,7 @@
 // name patterns, global-norm gradient clipping and the Adam update over the
 // parameter block. Everything here is deterministic for any thread count.
 #pragma once
+#include <stdint.h>
 #include <stddef.h>
 
 #include "../core/config.h"
@@ -92,5 +93,8 @@ void optim_zero(Optim *o, const ParamTable *pt);
 void optim_free(Optim *o);
 // adam_update_zero with c's b1, b2, eps: update `step` (1-based) at lr, every
 // gradient times gscale (clipping, 1/W, 1/micro-steps); leaves grads zero.
-void optim_step(Optim *o, float *params, float *grads, const ParamTable *pt, const Config *c,
-                double lr, long step, float gscale);
+// With half not NULL, the same pass also writes half[i] = the bf16 of every
+// updated parameter (gemm_bf16_of): the model's bf16 copy (Vit.wh) then
+// needs no conversion pass before the next forward.
+void optim_step(Optim *o, float *params, float *grads, uint16_t *half, const ParamTable *pt,
+                const Config *c, double lr, long step, float gscale);

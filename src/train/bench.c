@@ -315,8 +315,9 @@ static void timed_step(Bench *b, const Config *c, int s, double *tf, double *tb,
     }
     double t2 = sm_now();
     double gnorm = clip_l2_norm(b->m.grads, b->m.pt.total) / b->nmicro;
-    optim_step(&b->opt, b->m.params, b->m.grads, &b->m.pt, c, sched_lr(c, s), s + 1,
+    optim_step(&b->opt, b->m.params, b->m.grads, b->m.wh, &b->m.pt, c, sched_lr(c, s), s + 1,
                clip_factor(gnorm, c->clip) / (float)b->nmicro);
+    b->m.wh_ready = b->m.wh != NULL;  // as train.c: Adam wrote the bf16 weights too
     *tu += sm_now() - t2;
 }
 

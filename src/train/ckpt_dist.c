@@ -142,6 +142,7 @@ static void seek_loader(Trainer *t, const CkptInfo *info, const char *path, int 
 static int load_one(Trainer *t, const char *path, long step, CkptInfo *info, char *err,
                     size_t n) {
     int rc = ckpt_load(path, &t->m.pt, t->m.params, t->opt.m, t->opt.v, info, err, n);
+    t->m.wh_ready = 0;  // new params: the next forward converts its bf16 weights
     // Every rank reads its own experts: all must succeed, or all move on
     // together (a rank resuming elsewhere would silently train on).
     if (dist_max(rc != 0) && rc == 0) {

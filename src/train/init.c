@@ -57,6 +57,7 @@ static void npz_adapt(void *ctx, const ParamSpec *s, const float *src, int nd, c
 // train.init: parameters from another checkpoint (no optimiser state, step 0).
 void trainer_init_params(Trainer *t, const char *path, int quiet) {
     char name[PARAM_NAME + 16], err[1024];
+    t->m.wh_ready = 0;  // new params: the next forward converts its bf16 weights
     size_t len = strlen(path);
     if (len > 4 && !strcmp(path + len - 4, ".npz")) {
         NpzCtx x = {t, quiet};

@@ -155,8 +155,11 @@ static StepOut train_step(Trainer *t, const Config *c, long step, Loop *lp) {
     if (!isfinite(o.gnorm))
         sm_die("gradient norm is %g at step %ld: training diverged", o.gnorm, step + 1);
     o.lr = sched_lr(c, step);
-    optim_step(&t->opt, t->m.params, t->m.grads, &t->m.pt, c, o.lr, step + 1,
+    // In bf16 the same pass refreshes the model's bf16 weights (Vit.wh): the
+    // next forward then converts nothing.
+    optim_step(&t->opt, t->m.params, t->m.grads, t->m.wh, &t->m.pt, c, o.lr, step + 1,
                clip_factor(o.gnorm, c->clip) / (float)(t->world * t->nmicro));
+    t->m.wh_ready = t->m.wh != NULL;
     return o;
 }
 
