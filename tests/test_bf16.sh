@@ -64,6 +64,10 @@ if command -v h5diff >/dev/null; then
     h5diff -d 0 "$T/b16/ckpt-00000012.h5" "$W/ckpt-00000012.h5" /params >/dev/null \
         && ok || bad "bf16 resumed in bf16 differs from the straight bf16 run"
 fi
+# the memory estimate counts the bf16 weight copy in bf16 only (2 bytes a parameter)
+"$BIN" params "$T/c.ini" train.precision=bf16 2>&1 | grep -q "Adam [0-9.]*, bf16 weights [0-9.]*, activations" \
+    && ok || bad "params bf16: no bf16 weights in the memory estimate"
+"$BIN" params "$T/c.ini" 2>&1 | grep -q "bf16 weights" && bad "params fp32 lists bf16 weights" || ok
 # checkpoints of a bf16 run hold fp32 tensors
 if command -v h5dump >/dev/null; then
     h5dump -H -d /params/head/kernel "$T/b16/ckpt-00000012.h5" 2>/dev/null | grep -q H5T_IEEE_F32LE \

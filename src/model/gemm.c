@@ -1,9 +1,12 @@
 // The GEMM entry point (see gemm.h): fp32 straight to sgemm; bf16 through a
 // per-shape plan (a oneDNN matmul primitive with its memory objects per
 // thread) and per-thread staging buffers that hold the operands converted to
-// bfloat16. Operands are converted on every call: activations change every
-// call anyway, and the weights (converted once in forward, once in backward)
-// cost a few ms per S/16 step, far below what the bf16 products save.
+// bfloat16. An operand is converted on each call unless it is already bf16:
+// the model's weights (the bf16 copy gemm_shadow registers, written by Adam
+// in its own pass) and the MLP's GELU output and input gradient (written as
+// bf16 by the GELU, gemm_run_h). Before, conversion was 8% of perf's samples
+// of a Soft MoE S/16 32x4 bf16 step, most of it the experts' weights
+// converted in forward and again in backward.
 // oneDNN runs every bf16 shape it supports: `make bench-gemm` measured it
 // faster than the only other way to these numerics (rounded inputs through
 // sgemm) for every product shape of the S/16 models (table in the README),

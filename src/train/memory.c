@@ -1,6 +1,8 @@
 // Memory estimate per rank (see memory.h).
 #include "memory.h"
 
+#include "../model/gemm.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,8 @@ void mem_estimate(Vit *m, const Config *c, int B, int mb, MemEstimate *e) {
     memset(e, 0, sizeof *e);
     double p = (double)m->pt.total * sizeof(float);
     e->params = p, e->grads = p, e->adam = 2 * p;
+    // the bf16 weights the products read at bf16 precision (Vit.wh)
+    e->half = gemm_is_fp32(m->precision) ? 0 : (double)m->pt.total * sizeof(uint16_t);
     e->acts = (double)vit_act_floats(m, mb) * sizeof(float);
     // The batch buffers, the loader's ring of decoded images and its shuffle
     // buffer of encoded samples (taken at a quarter of a decoded image's
@@ -44,7 +48,7 @@ void mem_estimate(Vit *m, const Config *c, int B, int mb, MemEstimate *e) {
         double ring = 2.0 * B + 4.0 * (c->threads > 0 ? c->threads : 1);
         e->data += ring * img * sizeof(float) + (double)c->shuffle_buffer * img / 4;
     }
-    e->total = e->params + e->grads + e->adam + e->acts + e->data;
+    e->total = e->params + e->grads + e->adam + e->half + e->acts + e->data;
     e->local_ranks = local_ranks();
     e->avail = machine_memory() / e->local_ranks;
 }
@@ -53,9 +57,11 @@ void mem_format(const MemEstimate *e, char *buf, size_t n) {
     // GB for real models, MB for the small ones the tests and examples use
     const double u = e->total >= 1e9 ? 1e9 : 1e6;
     const char *unit = u == 1e9 ? "GB" : "MB";
-    snprintf(buf, n, "%.2f %s per rank (params %.2f, grads %.2f, Adam %.2f, activations %.2f, "
+    char half[64] = "";
+    if (e->half > 0) snprintf(half, sizeof half, ", bf16 weights %.2f", e->half / u);
+    snprintf(buf, n, "%.2f %s per rank (params %.2f, grads %.2f, Adam %.2f%s, activations %.2f, "
              "data %.2f) of %.1f GB%s", e->total / u, unit, e->params / u, e->grads / u,
-             e->adam / u, e->acts / u, e->data / u, e->avail / 1e9,
+             e->adam / u, half, e->acts / u, e->data / u, e->avail / 1e9,
              e->local_ranks > 1 ? " (this node's memory over its ranks)" : "");
 }
 

@@ -8,6 +8,7 @@
 
 typedef struct {
     double params, grads, adam, acts, data, total;  // bytes per rank
+    double half;                                      // bf16 copy of the params (bf16 precision)
     double avail;        // physical memory (or the cgroup limit) / ranks on this node
     int local_ranks;
 } MemEstimate;
