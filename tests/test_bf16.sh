@@ -57,8 +57,9 @@ fi
 # run's first forward converts from the checkpoint
 W="$T/x_bf16_bf16"
 "$BIN" train "$T/c.ini" train.workdir="$W" train.steps=6 train.precision=bf16 2>"$T/err" \
-    || { bad "bf16 half"; cat "$T/err"; }
+    || { bad "bf16 first 6 steps (for the bf16 resume)"; cat "$T/err"; }
 "$BIN" train "$T/c.ini" train.workdir="$W" train.precision=bf16 2>"$T/err" \
+    && grep -q "resuming from .*ckpt-00000006.h5" "$T/err" && ok \
     || { bad "bf16 resumed in bf16"; cat "$T/err"; }
 if command -v h5diff >/dev/null; then
     h5diff -d 0 "$T/b16/ckpt-00000012.h5" "$W/ckpt-00000012.h5" /params >/dev/null \

@@ -325,10 +325,14 @@ END_TEST
 // few rows inside a parallel region; and bf16 operands at fp32 are refused.
 static void mlp_both(int prec, int R, int D, int M, int inpar, int acc) {
     size_t nx = (size_t)R * D, nh = (size_t)R * M, nw = (size_t)D * M;
-    float *x = sm_malloc(nx * 4), *w1 = sm_malloc(nw * 4), *w2 = sm_malloc(nw * 4);
+    // w1 and w2 in one block, as a model's parameters: the model's run reads
+    // them from a registered bf16 copy (gemm_shadow; w2 at an offset)
+    float *x = sm_malloc(nx * 4), *wb = sm_malloc(2 * nw * 4), *w1 = wb, *w2 = wb + nw;
+    uint16_t *wh = sm_malloc(2 * nw * sizeof(uint16_t));
     float *b1 = sm_malloc(M * 4), *b2 = sm_malloc(D * 4), *dy = sm_malloc(nx * 4);
     fill(x, nx, 21), fill(w1, nw, 22), fill(w2, nw, 23), fill(b1, M, 24), fill(b2, D, 25);
     fill(dy, nx, 26);
+    gemm_to_bf16(wh, wb, 2 * nw);
     float *out[2], *dx[2], *g1[2], *g2[2], *gb1[2], *gb2[2];
     for (int p = 0; p < 2; p++) {
         out[p] = sm_malloc(nx * 4), dx[p] = sm_malloc(nx * 4);
@@ -342,10 +346,12 @@ static void mlp_both(int prec, int R, int D, int M, int inpar, int acc) {
         {
             #pragma omp single
             {
-                if (p == 0) {  // the model's kernel
+                if (p == 0) {  // the model's kernel, weights from their bf16 copy
+                    gemm_shadow(wb, 2 * nw, wh);
                     mlp_forward(out[p], h, hg, x, w1, b1, w2, b2, R, D, M, 1, 0);
                     mlp_backward(dx[p], g1[p], gb1[p], g2[p], gb2[p], dh, dhg, dy, x, h, hg,
                                  w1, w2, R, D, M, 0, acc);
+                    gemm_shadow_drop(wb);
                 } else {       // fp32 buffers, converted by each product
                     dense_forward(h, x, w1, b1, R, D, M, 0);
                     gelu_forward(hg, h, nh);
@@ -365,7 +371,19 @@ static void mlp_both(int prec, int R, int D, int M, int inpar, int acc) {
     ck_assert_mem_eq(g2[0], g2[1], nw * 4);
     ck_assert_mem_eq(gb1[0], gb1[1], M * 4);
     ck_assert_mem_eq(gb2[0], gb2[1], D * 4);
-    float *all[] = {x, w1, w2, b1, b2, dy, out[0], out[1], dx[0], dx[1], g1[0], g1[1], g2[0],
+    // and the products really read the copy: with it zeroed, out = b2 exactly
+    memset(wh, 0, 2 * nw * sizeof(uint16_t));
+    float *h = sm_malloc(nh * 4), *hg = sm_malloc(nh * 4), *o2 = sm_malloc(nx * 4);
+    memset(o2, 0, nx * 4);
+    gemm_set_precision(prec);
+    gemm_shadow(wb, 2 * nw, wh);
+    mlp_forward(o2, h, hg, x, w1, b1, w2, b2, R, D, M, 0, 0);
+    gemm_shadow_drop(wb);
+    gemm_set_precision(GEMM_FP32);
+    for (size_t i = 0; i < nx; i++) ck_assert_float_eq(o2[i], b2[i % D]);
+    free(h), free(hg), free(o2);
+    free(wh);
+    float *all[] = {x, wb, b1, b2, dy, out[0], out[1], dx[0], dx[1], g1[0], g1[1], g2[0],
                     g2[1], gb1[0], gb1[1], gb2[0], gb2[1]};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
 }

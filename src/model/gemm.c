@@ -3,7 +3,7 @@
 // thread) and per-thread staging buffers that hold the operands converted to
 // bfloat16. An operand is converted on each call unless it is already bf16:
 // the model's weights (the bf16 copy gemm_shadow registers, written by Adam
-// in its own pass) and the MLP's GELU output and input gradient (written as
+// in the pass of its update) and the MLP's GELU output and input gradient (written as
 // bf16 by the GELU, gemm_run_h). Before, conversion was 8% of perf's samples
 // of a Soft MoE S/16 32x4 bf16 step, most of it the experts' weights
 // converted in forward and again in backward.

@@ -40,7 +40,10 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, i
 // MAP head and every MoE expert. x (R,D); h, hg (R,M) saved (before / after
 // gelu); out (R,D) = mlp(x), or out += with accumulate. fewrow selects the
 // few-row kernels above for the product inputs (the experts; the same sgemm
-// above 128 rows), else dense_forward/dense_backward.
+// above 128 rows), else dense_forward/dense_backward. At the bf16 precisions
+// hg (and dh in backward) hold bfloat16 values in the first half of their
+// float buffers (only bf16 products read them), so forward and backward must
+// run at the same precision (vit_forward/vit_backward set the model's).
 void mlp_forward(float *out, float *h, float *hg, const float *x, const float *w1,
                  const float *b1, const float *w2, const float *b2, int R, int D, int M,
                  int accumulate, int fewrow);
