@@ -297,7 +297,7 @@ START_TEST(test_kernels) {
         dq[p] = sm_calloc(nd, 4), dk[p] = sm_calloc(nd, 4), dv[p] = sm_calloc(nd, 4);
         gemm_set_precision(p ? GEMM_BF16 : GEMM_FP32);
         attention_forward(o[p], att[p], q, k, v, B, N, N, H, Dh);
-        attention_backward(dq[p], dk[p], dv[p], scr, q, att[p], q, k, v, B, N, N, H, Dh, 0);
+        attention_backward(dq[p], dk[p], dv[p], scr, q, att[p], q, k, v, B, N, N, H, Dh);
         gemm_set_precision(GEMM_FP32);
     }
     // each output is a chain of at most 3 products and a softmax: 3 x 2^-8
@@ -323,7 +323,7 @@ END_TEST
 // fp32 kernels whose products convert those operands on each call, on both
 // bf16 paths (oneDNN and rounded sgemm), for the dense shape and an expert's
 // few rows inside a parallel region; and bf16 operands at fp32 are refused.
-static void mlp_both(int prec, int R, int D, int M, int inpar, int acc) {
+static void mlp_both(int prec, int R, int D, int M, int inpar) {
     size_t nx = (size_t)R * D, nh = (size_t)R * M, nw = (size_t)D * M;
     // w1 and w2 in one block, as a model's parameters: the model's run reads
     // them from a registered bf16 copy (gemm_shadow; w2 at an offset)
@@ -350,15 +350,15 @@ static void mlp_both(int prec, int R, int D, int M, int inpar, int acc) {
                     gemm_shadow(wb, 2 * nw, wh);
                     mlp_forward(out[p], h, hg, x, w1, b1, w2, b2, R, D, M, 1, 0);
                     mlp_backward(dx[p], g1[p], gb1[p], g2[p], gb2[p], dh, dhg, dy, x, h, hg,
-                                 w1, w2, R, D, M, 0, acc);
+                                 w1, w2, R, D, M, 0);
                     gemm_shadow_drop(wb);
                 } else {       // fp32 buffers, converted by each product
                     dense_forward(h, x, w1, b1, R, D, M, 0);
                     gelu_forward(hg, h, nh);
                     dense_forward(out[p], hg, w2, b2, R, M, D, 1);
                     dense_backward(dhg, g2[p], gb2[p], dy, hg, w2, R, M, D, 0);
-                    gelu_backward(dh, dhg, h, nh, 0);
-                    dense_backward(dx[p], g1[p], gb1[p], dh, x, w1, R, D, M, acc);
+                    gelu_backward(dh, dhg, h, nh);
+                    dense_backward(dx[p], g1[p], gb1[p], dh, x, w1, R, D, M, 0);
                 }
             }
         }
@@ -391,9 +391,8 @@ static void mlp_both(int prec, int R, int D, int M, int inpar, int acc) {
 START_TEST(test_mlp_bf16_operands) {
     const int precs[] = {GEMM_BF16, GEMM_BF16_REF};
     for (int i = 0; i < 2; i++) {
-        mlp_both(precs[i], 40, 24, 96, 0, 1);   // several 64-column blocks of db1
-        mlp_both(precs[i], 40, 24, 96, 0, 0);
-        mlp_both(precs[i], 8, 16, 40, 1, 1);    // an expert's rows, one thread each
+        mlp_both(precs[i], 40, 24, 96, 0);   // several 64-column blocks of db1
+        mlp_both(precs[i], 8, 16, 40, 1);    // an expert's rows, one thread each
     }
 }
 END_TEST
@@ -428,9 +427,19 @@ static int dies_saying(void (*f)(void), const char *msg) {
     return WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(buf, msg) != NULL;
 }
 
+static void strided_bf16_operand(void) {
+    uint16_t h[8] = {0};
+    float b[4] = {0}, c[4];
+    gemm_set_precision(GEMM_BF16);
+    gemm_run_h(CblasNoTrans, CblasNoTrans, 2, 2, 2, 1.0f, NULL, h, 4, b, NULL, 2, 0.0f, c, 2);
+}
+
 START_TEST(test_bf16_operand_at_fp32) {
     ck_assert_msg(dies_saying(fp32_with_bf16_operand, "bf16 operands for an fp32 product"),
                   "gemm_run_h took bf16 operands at fp32");
+    // a bf16 operand must be contiguous (lda 4 for a 2x2 A is a strided view)
+    ck_assert_msg(dies_saying(strided_bf16_operand, "bf16 A not contiguous (lda 4)"),
+                  "gemm_run_h took a strided bf16 operand");
 }
 END_TEST
 

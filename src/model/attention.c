@@ -50,9 +50,9 @@ void attention_forward(float *out, float *att, const float *q, const float *k,
 void attention_backward(float *dq, float *dk, float *dv, float *scratch,
                         const float *dout, const float *att, const float *q,
                         const float *k, const float *v, int B, int Nq, int Nk,
-                        int H, int Dh, int acc) {
+                        int H, int Dh) {
     const int D = H * Dh;
-    const float beta = acc ? 1.0f : 0.0f;  // each (image, head) slice is one task's
+    // dq, dk, dv written (beta 0): each (image, head) slice is one task's
     const float scale = 1.0f / sqrtf((float)Dh);
     #pragma omp parallel for schedule(static) collapse(2)
     for (int b = 0; b < B; b++) {
@@ -60,9 +60,9 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
             size_t qo = (size_t)b * Nq * D + h * Dh, ko = (size_t)b * Nk * D + h * Dh;
             const float *a = att + ((size_t)b * H + h) * Nq * Nk;
             float *da = scratch + ((size_t)b * H + h) * Nq * Nk;
-            // dv += a^T @ dout ; da = dout @ v^T
+            // dv = a^T @ dout ; da = dout @ v^T
             gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, a, Nk,
-                     dout + qo, D, beta, dv + ko, D);
+                     dout + qo, D, 0.0f, dv + ko, D);
             gemm_run(CblasNoTrans, CblasTrans, Nq, Nk, Dh, 1.0f, dout + qo,
                      D, v + ko, D, 0.0f, da, Nk);
             // softmax backward, with the 1/sqrt(Dh) of the logits folded in
@@ -74,11 +74,11 @@ void attention_backward(float *dq, float *dk, float *dv, float *scratch,
                 for (int j = 0; j < Nk; j++) dot += ar[j] * dr[j];
                 for (int j = 0; j < Nk; j++) dr[j] = scale * ar[j] * (dr[j] - dot);
             }
-            // dq += ds @ k ; dk += ds^T @ q
+            // dq = ds @ k ; dk = ds^T @ q
             gemm_run(CblasNoTrans, CblasNoTrans, Nq, Dh, Nk, 1.0f, da, Nk,
-                     k + ko, D, beta, dq + qo, D);
+                     k + ko, D, 0.0f, dq + qo, D);
             gemm_run(CblasTrans, CblasNoTrans, Nk, Dh, Nq, 1.0f, da, Nk,
-                     q + qo, D, beta, dk + ko, D);
+                     q + qo, D, 0.0f, dk + ko, D);
         }
     }
 }

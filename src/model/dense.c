@@ -62,13 +62,14 @@ void dense_backward(float *dinp, float *dw, float *db, const float *dout,
 #define GELU_C 0.7978845608028654f  // sqrt(2/pi)
 
 // gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3)
+static inline float gelu_of(float x) {
+    float u = GELU_C * (x + 0.044715f * x * x * x);
+    return x / (1.0f + fast_expf(-2.0f * u));
+}
+
 void gelu_forward(float *out, const float *inp, size_t n) {
     #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_C * (x + 0.044715f * x * x * x);
-        out[i] = x / (1.0f + fast_expf(-2.0f * u));
-    }
+    for (size_t i = 0; i < n; i++) out[i] = gelu_of(inp[i]);
 }
 
 // d gelu / dx = s + 2 x s (1 - s) du/dx with s = sigmoid(2u)
@@ -79,14 +80,9 @@ static inline float gelu_grad(float x) {
     return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
-void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, int acc) {
-    if (acc) {
-        #pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
-    } else {
-        #pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
-    }
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) dinp[i] = gelu_grad(inp[i]) * dout[i];
 }
 
 // The MLP at the bf16 precisions: the GELU writes its output (hg) and, in
@@ -99,11 +95,7 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, i
 // thread count.
 static void gelu_forward_bf16(uint16_t *out, const float *inp, size_t n) {
     #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float u = GELU_C * (x + 0.044715f * x * x * x);
-        out[i] = gemm_bf16_of(x / (1.0f + fast_expf(-2.0f * u)));
-    }
+    for (size_t i = 0; i < n; i++) out[i] = gemm_bf16_of(gelu_of(inp[i]));
 }
 
 static void gelu_backward_bf16(uint16_t *dh, float *db, const float *dhg, const float *h, int R,
@@ -140,7 +132,7 @@ static void mlp_forward_bf16(float *out, float *h, float *hg, const float *x, co
 static void mlp_backward_bf16(float *dx, float *dw1, float *db1, float *dw2, float *db2,
                               float *dh, float *dhg, const float *dout, const float *x,
                               const float *h, const float *hg, const float *w1, const float *w2,
-                              int R, int D, int M, int acc) {
+                              int R, int D, int M) {
     const uint16_t *hgh = (const uint16_t *)hg;
     uint16_t *dhh = (uint16_t *)dh;
     // dw2 += hg^T dout, db2, dhg = dout w2^T
@@ -149,13 +141,13 @@ static void mlp_backward_bf16(float *dx, float *dw1, float *db1, float *dw2, flo
                    dw2, D);
     dense_backward(dhg, NULL, db2, dout, NULL, w2, R, M, D, 0);
     gelu_backward_bf16(dhh, db1, dhg, h, R, M);
-    // dw1 += x^T dh, dx (+)= dh w1^T
+    // dw1 += x^T dh, dx = dh w1^T
     if (dw1)
         gemm_run_h(CblasTrans, CblasNoTrans, D, M, R, 1.0f, x, NULL, D, NULL, dhh, M, 1.0f, dw1,
                    M);
     if (dx)
-        gemm_run_h(CblasNoTrans, CblasTrans, R, D, M, 1.0f, NULL, dhh, M, w1, NULL, M,
-                   acc ? 1.0f : 0.0f, dx, D);
+        gemm_run_h(CblasNoTrans, CblasTrans, R, D, M, 1.0f, NULL, dhh, M, w1, NULL, M, 0.0f,
+                   dx, D);
 }
 
 void mlp_forward(float *out, float *h, float *hg, const float *x, const float *w1,
@@ -176,11 +168,11 @@ void mlp_forward(float *out, float *h, float *hg, const float *x, const float *w
 void mlp_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh,
                   float *dhg, const float *dout, const float *x, const float *h,
                   const float *hg, const float *w1, const float *w2, int R, int D, int M,
-                  int fewrow, int acc) {
+                  int fewrow) {
     // dout (R,D). dhg and dh are written, never zeroed first. Few rows: weight
     // and bias gradients by sgemm, input gradients by fewrow_nt.
     if (!gemm_is_fp32(gemm_precision())) {
-        mlp_backward_bf16(dx, dw1, db1, dw2, db2, dh, dhg, dout, x, h, hg, w1, w2, R, D, M, acc);
+        mlp_backward_bf16(dx, dw1, db1, dw2, db2, dh, dhg, dout, x, h, hg, w1, w2, R, D, M);
         return;
     }
     const size_t RM = (size_t)R * M;
@@ -190,11 +182,11 @@ void mlp_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, flo
     } else {
         dense_backward(dhg, dw2, db2, dout, hg, w2, R, M, D, 0);
     }
-    gelu_backward(dh, dhg, h, RM, 0);
+    gelu_backward(dh, dhg, h, RM);
     if (fewrow) {
         dense_backward(NULL, dw1, db1, dh, x, w1, R, D, M, 0);
-        if (dx) fewrow_nt(dx, dh, w1, R, D, M, acc);
+        if (dx) fewrow_nt(dx, dh, w1, R, D, M, 0);
     } else {
-        dense_backward(dx, dw1, db1, dh, x, w1, R, D, M, acc);
+        dense_backward(dx, dw1, db1, dh, x, w1, R, D, M, 0);
     }
 }

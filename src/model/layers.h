@@ -2,10 +2,12 @@
 // Letters (docs/maths.md): B images, N tokens, D width, H heads, Dh = D/H,
 // M mlp width, K classes, R = rows of a flattened (B*N, ...) activation.
 // Signatures follow llm.c: outputs, saved-for-backward, inputs, weights, sizes.
-// Rule: every backward ACCUMULATES (+=) into its parameter gradients. Its
-// activation gradient (d input) takes a flag acc: 1 accumulates, 0 overwrites
-// (the product writes it with beta 0), so the step never zeroes a buffer only
-// to add into it. A NULL gradient pointer means "not needed" and skips that work.
+// Rule: every backward ACCUMULATES (+=) into its parameter gradients and
+// layernorm_backward into its input gradient too (the residual stream's).
+// The other input gradients are WRITTEN (products with beta 0), so the step
+// never zeroes a buffer only to add into it; dense_backward, whose input
+// gradient the q/k/v products share, takes acc (1 adds, 0 writes). A NULL
+// gradient pointer means "not needed" and skips that work.
 #pragma once
 #include <stddef.h>
 
@@ -34,7 +36,8 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
 
 // tanh-approximate GELU, element-wise over n values.
 void gelu_forward(float *out, const float *inp, size_t n);
-void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, int acc);
+// dinp = gelu'(inp) * dout (written).
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
 // The MLP block Dense(D,M) . gelu . Dense(M,D), used by the dense blocks, the
 // MAP head and every MoE expert. x (R,D); h, hg (R,M) saved (before / after
@@ -47,22 +50,22 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, i
 void mlp_forward(float *out, float *h, float *hg, const float *x, const float *w1,
                  const float *b1, const float *w2, const float *b2, int R, int D, int M,
                  int accumulate, int fewrow);
-// dx (R,D) += d/dx (= with !acc), parameter gradients += ; dh, dhg (R,M) are
+// dx (R,D) = d/dx (written), parameter gradients += ; dh, dhg (R,M) are
 // scratch, overwritten. dx may be NULL.
 void mlp_backward(float *dx, float *dw1, float *db1, float *dw2, float *db2, float *dh,
                   float *dhg, const float *dout, const float *x, const float *h,
                   const float *hg, const float *w1, const float *w2, int R, int D, int M,
-                  int fewrow, int acc);
+                  int fewrow);
 
 // Multi-head scaled dot-product attention. q (B,Nq,H*Dh), k and v (B,Nk,H*Dh),
 // att (B,H,Nq,Nk) saved probabilities, out (B,Nq,H*Dh).
 void attention_forward(float *out, float *att, const float *q, const float *k,
                        const float *v, int B, int Nq, int Nk, int H, int Dh);
-// dq, dk, dv += (= with !acc); scratch (B,H,Nq,Nk) is overwritten.
+// dq, dk, dv written; scratch (B,H,Nq,Nk) is overwritten.
 void attention_backward(float *dq, float *dk, float *dv, float *scratch,
                         const float *dout, const float *att, const float *q,
                         const float *k, const float *v, int B, int Nq, int Nk,
-                        int H, int Dh, int acc);
+                        int H, int Dh);
 
 // Patch embedding as im2col + one GEMM. img (B,S,S,C) NHWC; patches (B,G*G,P*P*C)
 // saved, flattened in (row, col, channel) order; w (P,P,C,D); out (B,G*G,D).

@@ -138,7 +138,7 @@ static void experts_backward(MoeScratch *s, const MoeW *g, const MoeActs *a, con
         // this expert's input gradient rows, written (not accumulated)
         mlp_backward(s->dxe + rd, g->w1 + wo, g->b1 + (size_t)e * d.M, g->w2 + wo,
                      g->b2 + (size_t)e * d.D, s->dh + rm, s->dhg + rm, s->dye + rd, a->xe + rd,
-                     a->h + rm, a->hg + rm, w->w1 + wo, w->w2 + wo, R, d.D, d.M, 1, 0);
+                     a->h + rm, a->hg + rm, w->w1 + wo, w->w2 + wo, R, d.D, d.M, 1);
     }
 }
 

@@ -128,11 +128,11 @@ static void map_backward(Vit *m, float *denc, int B) {
     float *dao = dln + (size_t)B * D, *dq = dao + (size_t)B * D, *dqin = dq + (size_t)B * D;
     memcpy(da, a->dpooled, (size_t)B * D * sizeof(float));
     mlp_backward(dln, g->w1, g->b1, g->w2, g->b2, a->dh, dhg, a->dpooled, p->ln, p->h, p->hg,
-                 w->w1, w->w2, B, D, M, 0, 0);
+                 w->w1, w->w2, B, D, M, 0);
     layernorm_backward(da, g->ln_s, g->ln_b, dln, p->a, w->ln_s, p->ln_mean, p->ln_rstd, B, D);
     dense_backward(dao, g->wo, g->bo, da, p->ao, w->wo, B, D, D, 0);
     attention_backward(dq, a->dk, a->dv, a->datt, dao, p->att, p->q, p->k, p->v, B, 1, d->N,
-                       d->H, d->Dh, 0);
+                       d->H, d->Dh);
     dense_backward(denc, g->wk, g->bk, a->dk, a->enc, w->wk, BN, D, D, 1);
     dense_backward(denc, g->wv, g->bv, a->dv, a->enc, w->wv, BN, D, D, 1);
     dense_backward(dqin, g->wq, g->bq, dq, p->qin, w->wq, B, D, D, 0);
@@ -157,14 +157,14 @@ static void block_backward(Vit *m, int l, int B) {
     } else {
         // MLP branch: out = xm + gelu(ln1 @ w1 + b1) @ w2 + b2
         mlp_backward(a->dln, g->w1, g->b1, g->w2, g->b2, a->dh, a->dhg, a->dx, k->ln1, k->h,
-                     k->hg, w->w1, w->w2, BN, D, M, 0, 0);
+                     k->hg, w->w1, w->w2, BN, D, M, 0);
     }
     layernorm_backward(a->dx, g->ln1_s, g->ln1_b, a->dln, k->xm, w->ln1_s, k->ln1_mean,
                        k->ln1_rstd, BN, D);
     // attention branch: xm = x + attention(ln0) @ wo + bo
     dense_backward(a->dao, g->wo, g->bo, a->dx, k->ao, w->wo, BN, D, D, 0);
     attention_backward(a->dq, a->dk, a->dv, a->datt, a->dao, k->att, k->q, k->k, k->v, B, d->N,
-                       d->N, d->H, d->Dh, 0);
+                       d->N, d->H, d->Dh);
     float *dq = a->dq, *dk = a->dk;
     if (d->qk_norm) {
         zero(a->dqr, BND); zero(a->dkr, BND);

@@ -72,7 +72,7 @@ static double time_mlp(int R, int D, int M, int reps, Rng *r) {
     for (int i = 0; i < reps + 1; i++) {
         double t0 = sm_now();
         mlp_forward(y, h, hg, x, w1, b1, w2, b2, R, D, M, 0, 0);
-        mlp_backward(dx, g1, gb1, g2, gb2, dh, dhg, y, x, h, hg, w1, w2, R, D, M, 0, 0);
+        mlp_backward(dx, g1, gb1, g2, gb2, dh, dhg, y, x, h, hg, w1, w2, R, D, M, 0);
         double t = sm_now() - t0;
         if (i > 0 && t < best) best = t;
     }
@@ -124,7 +124,7 @@ static void time_moe(MoeDims d, int reps, Rng *r, double *block, double *experts
                         w.w2 + wo, w.b2 + e * d.D, (int)R, d.D, d.M, 0, 1);
             mlp_backward(sc.dxe + rd, g.w1 + wo, g.b1 + e * d.M, g.w2 + wo, g.b2 + e * d.D,
                          sc.dh + rm, sc.dhg + rm, sc.dye + rd, a.xe + rd, a.h + rm, a.hg + rm,
-                         w.w1 + wo, w.w2 + wo, (int)R, d.D, d.M, 1, 0);
+                         w.w1 + wo, w.w2 + wo, (int)R, d.D, d.M, 1);
         }
         double t2 = sm_now();
         if (i > 0 && t1 - t0 < best) best = t1 - t0;
